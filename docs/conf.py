@@ -1,0 +1,55 @@
+"""Sphinx configuration for the matsci documentation.
+
+Build the HTML pages and run every example with::
+
+    uv run --group docs sphinx-build -W -b html docs docs/_build/html
+    uv run --group docs sphinx-build -W -b doctest docs docs/_build/doctest
+"""
+
+project = "matsci"
+author = "matsci contributors"
+copyright = "matsci contributors"
+
+extensions = [
+    "sphinx.ext.autodoc",
+    "sphinx.ext.napoleon",
+    "sphinx.ext.doctest",
+    "sphinx.ext.viewcode",
+]
+
+# The docs are built offline: no intersphinx, no remote images.
+exclude_patterns = ["_build", "Thumbs.db", ".DS_Store"]
+root_doc = "index"
+nitpicky = False
+
+# -- autodoc / napoleon ------------------------------------------------------
+autodoc_member_order = "bysource"
+autodoc_typehints = "description"
+# Types go next to the parameters and returns that the docstring describes,
+# and a return type is not repeated when the Returns section already names it.
+autodoc_typehints_description_target = "documented"
+# Show defaults as written (``block_type=OutputBlock``), not as a repr.
+autodoc_preserve_defaults = True
+autodoc_default_options = {
+    "show-inheritance": True,
+    # torch.nn.Module's own docstring for it says nothing about our modules.
+    "exclude-members": "extra_repr",
+}
+napoleon_google_docstring = False
+napoleon_numpy_docstring = True
+
+# -- doctest -----------------------------------------------------------------
+# Runs before every ``testcode``/``doctest`` group and before the ``>>>``
+# examples of the docstrings pulled in by autodoc.
+doctest_global_setup = """
+import importlib.util
+
+import torch
+
+torch.manual_seed(0)
+HAS_E3NN = importlib.util.find_spec("e3nn") is not None
+"""
+
+# -- HTML --------------------------------------------------------------------
+html_theme = "furo"
+html_title = "matsci"

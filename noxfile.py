@@ -1,0 +1,146 @@
+"""Sessions of the matsci workspace: `uvx nox` runs the default ones, `uvx nox -l` lists them."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import nox
+
+nox.needs_version = ">=2024.10.9"
+nox.options.default_venv_backend = "uv"
+nox.options.reuse_venv = "yes"
+nox.options.error_on_missing_interpreters = True
+nox.options.sessions = ["tests", "install_alone", "typecheck", "lint", "docs", "integration"]
+
+PYTHON = "3.11"
+ROOT = Path(__file__).parent
+PACKAGES = sorted(path.name for path in (ROOT / "packages").iterdir() if path.is_dir())
+EXTRAS = {"matsci-heads": ["e3nn"]}
+IMPORT_PATHS = {
+    "matsci-heads": "matsci.heads",
+    "matsci-transforms": "matsci.transforms",
+    "matsci-tasks-core": "matsci.tasks.core",
+    "matsci-tasks-physics": "matsci.tasks.physics",
+}
+
+
+def _sync(session: nox.Session, *args: str) -> None:
+    """Install exactly what uv.lock says into the session's environment."""
+    session.run_install(
+        "uv",
+        "sync",
+        "--locked",
+        "--no-default-groups",
+        *args,
+        env={"UV_PROJECT_ENVIRONMENT": session.virtualenv.location},
+    )
+
+
+def _sync_package(session: nox.Session, package: str, *groups: str) -> None:
+    """Sync one package (its declared dependencies and extras only) plus dependency groups."""
+    extras = [arg for extra in EXTRAS.get(package, []) for arg in ("--extra", extra)]
+    group_args = [arg for group in groups for arg in ("--group", group)]
+    # `--package` selects the member; root dependency groups stay available through `--group`.
+    _sync(session, "--package", package, *extras, *group_args)
+
+
+@nox.session(python=PYTHON)
+@nox.parametrize("package", PACKAGES)
+def tests(session: nox.Session, package: str) -> None:
+    """Run one package's tests and doctests in an environment holding only that package."""
+    _sync_package(session, package, "test")
+    source = f"packages/{package}/src"
+    session.run(
+        "pytest",
+        f"packages/{package}/tests",
+        source,
+        "--doctest-modules",
+        "-m",
+        "not gpu and not slow",
+        *session.posargs,
+    )
+
+
+@nox.session(python=PYTHON)
+def slow(session: nox.Session) -> None:
+    """Run the tests marked ``slow`` across the workspace."""
+    _sync(session, "--all-packages", "--all-extras", "--group", "test")
+    session.run("pytest", "packages", "tests-integration", "-m", "slow and not gpu", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def install_alone(session: nox.Session) -> None:
+    """Build every wheel, then install and import each one alone in a fresh environment."""
+    with tempfile.TemporaryDirectory() as tmp:
+        dist = Path(tmp) / "dist"
+        session.run("uv", "build", "--all-packages", "--wheel", "--out-dir", str(dist))
+        for package in PACKAGES:
+            env = Path(tmp) / f"venv-{package}"
+            python = env / "bin" / "python"
+            session.run("uv", "venv", "--quiet", "--python", PYTHON, str(env))
+            extras = ",".join(EXTRAS.get(package, []))
+            requirement = f"{package}[{extras}]" if extras else package
+            # Only this repository's wheels and PyPI: a wrong version range between our packages
+            # (which uv does not check inside the workspace) makes this resolution fail.
+            session.run(
+                "uv", "pip", "install", "--quiet", "--python", str(python),
+                "--find-links", str(dist), requirement,
+            )  # fmt: skip
+            session.run(
+                str(python), "-c",
+                f"import {IMPORT_PATHS[package]} as m; print(m.__name__, m.__version__)",
+                external=True,
+            )  # fmt: skip
+        # matsci.heads must import without e3nn and explain the extra when it is needed.
+        bare = Path(tmp) / "venv-heads-bare"
+        session.run("uv", "venv", "--quiet", "--python", PYTHON, str(bare))
+        session.run(
+            "uv", "pip", "install", "--quiet", "--python", str(bare / "bin" / "python"),
+            "--find-links", str(dist), "matsci-heads",
+        )  # fmt: skip
+        session.run(str(bare / "bin" / "python"), "scripts/check_heads_without_e3nn.py", external=True)
+
+
+@nox.session(python=PYTHON)
+@nox.parametrize("package", PACKAGES)
+def typecheck(session: nox.Session, package: str) -> None:
+    """Run mypy --strict on one package's sources and tests."""
+    _sync_package(session, package, "typecheck")
+    session.run(
+        "mypy",
+        "--strict",
+        f"packages/{package}/src",
+        f"packages/{package}/tests",
+        env={"MYPYPATH": f"packages/{package}/src"},
+    )
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    """Run ruff check and ruff format --check over the whole repository."""
+    _sync(session, "--only-group", "lint")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session(python=PYTHON)
+def docs(session: nox.Session) -> None:
+    """Build the Sphinx site with warnings as errors and run its doctests."""
+    _sync(session, "--all-packages", "--all-extras", "--group", "docs")
+    session.run("sphinx-build", "-W", "--keep-going", "-b", "html", "docs", "docs/_build/html")
+    session.run("sphinx-build", "-W", "--keep-going", "-b", "doctest", "docs", "docs/_build/doctest")
+
+
+@nox.session(python=PYTHON)
+def integration(session: nox.Session) -> None:
+    """Run the tests that cross packages, in an environment holding the whole workspace."""
+    _sync(session, "--all-packages", "--all-extras", "--group", "test")
+    session.run("pytest", "tests-integration", "-m", "not gpu", *session.posargs)
+
+
+@nox.session(python=PYTHON, default=False)
+def gpu(session: nox.Session) -> None:
+    """Run the tests marked ``gpu`` (needs a CUDA device; not a default session)."""
+    _sync(session, "--all-packages", "--all-extras", "--group", "test")
+    session.run("pytest", "packages", "tests-integration", "-m", "gpu", "-v", *session.posargs)

@@ -1,0 +1,32 @@
+"""Output heads for atomistic models.
+
+Dense blocks (:class:`OutputBlock`), equivariant blocks on e3nn irreps (:class:`IrrepOutputBlock`,
+needs the ``[e3nn]`` extra) and :class:`OutputHead`, the stack that maps an embedding to
+predictions. Depends on torch only.
+"""
+
+from importlib.metadata import version as _version
+
+from matsci.heads._irrep_output_block import IrrepOutputBlock
+from matsci.heads._output_block import OutputBlock
+from matsci.heads._output_head import BLOCK_TYPES, OutputHead
+from matsci.heads._resolve import (
+    ModuleSpec,
+    allowed_namespaces,
+    register_namespace,
+    resolve_module_class,
+)
+
+__version__ = _version("matsci-heads")
+
+__all__ = [
+    "BLOCK_TYPES",
+    "IrrepOutputBlock",
+    "ModuleSpec",
+    "OutputBlock",
+    "OutputHead",
+    "__version__",
+    "allowed_namespaces",
+    "register_namespace",
+    "resolve_module_class",
+]
