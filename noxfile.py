@@ -66,7 +66,9 @@ def tests(session: nox.Session, package: str) -> None:
 def slow(session: nox.Session) -> None:
     """Run the tests marked ``slow`` across the workspace."""
     _sync(session, "--all-packages", "--all-extras", "--group", "test")
-    session.run("pytest", "packages", "tests-integration", "-m", "slow and not gpu", *session.posargs)
+    session.run(
+        "pytest", "packages", "tests-integration", "-m", "slow and not gpu", *session.posargs
+    )
 
 
 @nox.session(python=PYTHON)
@@ -99,7 +101,9 @@ def install_alone(session: nox.Session) -> None:
             "uv", "pip", "install", "--quiet", "--python", str(bare / "bin" / "python"),
             "--find-links", str(dist), "matsci-heads",
         )  # fmt: skip
-        session.run(str(bare / "bin" / "python"), "scripts/check_heads_without_e3nn.py", external=True)
+        session.run(
+            str(bare / "bin" / "python"), "scripts/check_heads_without_e3nn.py", external=True
+        )
 
 
 @nox.session(python=PYTHON)
@@ -129,7 +133,9 @@ def docs(session: nox.Session) -> None:
     """Build the Sphinx site with warnings as errors and run its doctests."""
     _sync(session, "--all-packages", "--all-extras", "--group", "docs")
     session.run("sphinx-build", "-W", "--keep-going", "-b", "html", "docs", "docs/_build/html")
-    session.run("sphinx-build", "-W", "--keep-going", "-b", "doctest", "docs", "docs/_build/doctest")
+    session.run(
+        "sphinx-build", "-W", "--keep-going", "-b", "doctest", "docs", "docs/_build/doctest"
+    )
 
 
 @nox.session(python=PYTHON)

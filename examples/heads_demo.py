@@ -17,8 +17,11 @@ system_embedding = torch.randn(structures, 48)
 point_embedding = torch.randn(atoms, 48)
 energy_head = OutputHead(1, hidden_dim=64, num_hidden=2, input_dim=48, activation="torch.nn.SiLU")
 force_head = OutputHead(3, hidden_dim=64, num_hidden=2, input_dim=48, activation="torch.nn.SiLU")
-print(f"energy head     {tuple(system_embedding.shape)} -> {tuple(energy_head(system_embedding).shape)}")
-print(f"direct forces   {tuple(point_embedding.shape)} -> {tuple(force_head(point_embedding).shape)}")
+energy = energy_head(system_embedding)
+print(f"energy head     {tuple(system_embedding.shape)} -> {tuple(energy.shape)}")
+print(
+    f"direct forces   {tuple(point_embedding.shape)} -> {tuple(force_head(point_embedding).shape)}"
+)
 
 # An equivariant encoder gives irreps; an irreps head keeps vectors equivariant.
 irreps = o3.Irreps("32x0e+8x1o")

@@ -25,8 +25,10 @@ def test_heads_on_shared_embedding_train_jointly() -> None:
     torch.manual_seed(0)
     embedding = torch.nn.Linear(6, 24)
     heads = torch.nn.ModuleDict(
-        {"energy": OutputHead(1, 32, input_dim=24, activation="SiLU"),
-         "band_gap": OutputHead(1, 32, input_dim=24, activation="SiLU")}
+        {
+            "energy": OutputHead(1, 32, input_dim=24, activation="SiLU"),
+            "band_gap": OutputHead(1, 32, input_dim=24, activation="SiLU"),
+        }
     )
     x = torch.randn(128, 6)
     targets = {"energy": x.sum(1, keepdim=True), "band_gap": (x**2).sum(1, keepdim=True)}
@@ -36,7 +38,10 @@ def test_heads_on_shared_embedding_train_jointly() -> None:
     def loss() -> torch.Tensor:
         shared = embedding(x)
         return sum(
-            (torch.nn.functional.mse_loss(head(shared), targets[key]) for key, head in heads.items()),
+            (
+                torch.nn.functional.mse_loss(head(shared), targets[key])
+                for key, head in heads.items()
+            ),
             torch.tensor(0.0),
         )
 
@@ -44,7 +49,7 @@ def test_heads_on_shared_embedding_train_jointly() -> None:
     for _ in range(200):
         optimizer.zero_grad()
         value = loss()
-        value.backward()
+        value.backward()  # type: ignore[no-untyped-call]
         optimizer.step()
     # Both heads learn through one embedding: far better than predicting the mean.
     mean_baseline = sum(float(t.var()) for t in targets.values())

@@ -54,18 +54,38 @@ def test_head_is_equivariant(dtype: torch.dtype, output_dim: str) -> None:
 
 def test_vector_output_rotates_and_scalar_output_is_invariant(dtype: torch.dtype) -> None:
     irreps_in = o3.Irreps("128x0e+32x1o")
-    vector_head = OutputHead("1x1o", "16x0e+8x1o", input_dim=irreps_in,
-                             activation="SiLU", block_type="IrrepOutputBlock").to(dtype).eval()
-    scalar_head = OutputHead("1x0e", "16x0e+8x1o", input_dim=irreps_in,
-                             activation="SiLU", block_type="IrrepOutputBlock").to(dtype).eval()
+    vector_head = (
+        OutputHead(
+            "1x1o",
+            "16x0e+8x1o",
+            input_dim=irreps_in,
+            activation="SiLU",
+            block_type="IrrepOutputBlock",
+        )
+        .to(dtype)
+        .eval()
+    )
+    scalar_head = (
+        OutputHead(
+            "1x0e",
+            "16x0e+8x1o",
+            input_dim=irreps_in,
+            activation="SiLU",
+            block_type="IrrepOutputBlock",
+        )
+        .to(dtype)
+        .eval()
+    )
     features = irreps_in.randn(20, -1, dtype=dtype)
     rotation = _random_rotation(dtype)
     rotated = features @ irreps_in.D_from_matrix(rotation).T
     atol = TOLERANCE[dtype] * 10
     # A 1o vector in e3nn's (y, z, x) basis rotates with D^1(R), i.e. R itself up to that basis.
     torch.testing.assert_close(
-        vector_head(rotated), vector_head(features) @ o3.Irreps("1x1o").D_from_matrix(rotation).T,
-        atol=atol, rtol=0,
+        vector_head(rotated),
+        vector_head(features) @ o3.Irreps("1x1o").D_from_matrix(rotation).T,
+        atol=atol,
+        rtol=0,
     )
     torch.testing.assert_close(scalar_head(rotated), scalar_head(features), atol=atol, rtol=0)
     assert vector_head(features).shape == (20, 3)
@@ -99,8 +119,9 @@ def test_norm_options() -> None:
 
 def test_unsorted_output_irreps_keep_their_layout() -> None:
     # The gate produces scalars first; the block must return the user's order (1o then 0e).
-    block = IrrepOutputBlock("1x1o+2x0e", "3x0e+2x1o", activation="SiLU", residual=False,
-                             norm=False)
+    block = IrrepOutputBlock(
+        "1x1o+2x0e", "3x0e+2x1o", activation="SiLU", residual=False, norm=False
+    )
     x = o3.Irreps("3x0e+2x1o").randn(50, -1)
     rotation = _random_rotation(torch.float32)
     out = block(x @ o3.Irreps("3x0e+2x1o").D_from_matrix(rotation).T)
@@ -112,14 +133,21 @@ def test_head_fits_a_fixed_random_target() -> None:
     irreps_in = o3.Irreps("16x0e+4x1o")
     x = irreps_in.randn(32, -1)
     target = torch.randn(32, 1)
-    head = OutputHead("1x0e", "32x0e+8x1o", num_hidden=1, input_dim=irreps_in,
-                      activation="SiLU", norm=False, block_type="IrrepOutputBlock")
+    head = OutputHead(
+        "1x0e",
+        "32x0e+8x1o",
+        num_hidden=1,
+        input_dim=irreps_in,
+        activation="SiLU",
+        norm=False,
+        block_type="IrrepOutputBlock",
+    )
     optimizer = torch.optim.Adam(head.parameters(), lr=2e-2)
     initial = nn.functional.mse_loss(head(x), target).item()
     for _ in range(150):
         optimizer.zero_grad()
         loss = nn.functional.mse_loss(head(x), target)
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]
         optimizer.step()
     assert nn.functional.mse_loss(head(x), target).item() < 1e-2 * initial
 
@@ -131,3 +159,17 @@ def test_state_dict_round_trip() -> None:
     clone.load_state_dict(head.state_dict())
     x = torch.randn(4, 14)
     assert torch.equal(head(x), clone(x))
+
+
+def test_torch_compile_matches_eager() -> None:
+    head = OutputHead(
+        "1x1o",
+        "8x0e+4x1o",
+        input_dim="16x0e+4x1o",
+        activation="SiLU",
+        block_type="IrrepOutputBlock",
+    ).eval()
+    compiled = torch.compile(head, dynamic=True)
+    for rows in (6, 13):
+        x = torch.randn(rows, 28)
+        torch.testing.assert_close(compiled(x), head(x), rtol=1e-5, atol=1e-6)

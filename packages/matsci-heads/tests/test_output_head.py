@@ -72,7 +72,7 @@ def test_block_type_by_name_and_bad_names() -> None:
 
 def test_block_kwargs_reach_every_block() -> None:
     head = OutputHead(2, 8, num_hidden=2, input_dim=4, bias=False, dropout=0.2)
-    assert all(block.linear.bias is None for block in head.blocks)
+    assert all(isinstance(b, OutputBlock) and b.linear.bias is None for b in head.blocks)
     assert all(isinstance(block.dropout, nn.Dropout) for block in head.blocks)
 
 
@@ -85,7 +85,7 @@ def test_fits_a_fixed_random_target(dtype: torch.dtype) -> None:
     for _ in range(400):
         optimizer.zero_grad()
         loss = nn.functional.mse_loss(head(x), target)
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]
         optimizer.step()
     final = nn.functional.mse_loss(head(x), target).item()
     assert final < 1e-3 * initial

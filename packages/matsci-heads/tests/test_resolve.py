@@ -21,7 +21,7 @@ def test_names_outside_allow_list_are_refused(name: str) -> None:
 
 @pytest.mark.parametrize("name", ["torch.nn.NotALayer", "torch.nn.init", "torch.nn.Parameter"])
 def test_names_that_are_not_modules_are_refused(name: str) -> None:
-    with pytest.raises(ValueError, match="is not a torch.nn.Module subclass"):
+    with pytest.raises(ValueError, match=r"is not a torch\.nn\.Module subclass"):
         resolve_module_class(name, argument="OutputBlock(activation)")
 
 
@@ -44,5 +44,5 @@ def test_build_module_from_each_kind_of_spec() -> None:
     assert isinstance(norm, nn.LayerNorm)
     assert norm.normalized_shape == (7,)
     assert isinstance(build_module(None, argument="a"), nn.Identity)
-    with pytest.raises(TypeError, match="expected an nn.Module instance"):
+    with pytest.raises(TypeError, match=r"expected an nn\.Module instance"):
         build_module(3, argument="a")  # type: ignore[arg-type]

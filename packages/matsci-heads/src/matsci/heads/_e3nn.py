@@ -32,4 +32,5 @@ def require_e3nn(feature: str) -> ModuleType:
             f"{feature} needs e3nn, which is not installed; install the extra with "
             "`pip install 'matsci-heads[e3nn]'` (or `uv add 'matsci-heads[e3nn]'`)"
         ) from error
-    return e3nn
+    module: ModuleType = e3nn
+    return module

@@ -12,7 +12,7 @@ from matsci.heads._resolve import ModuleSpec, build_module
 
 
 class IrrepOutputBlock(nn.Module):
-    r"""Equivariant linear map between irreps, with activation, norm and residual that keep equivariance.
+    r"""An equivariant linear map between irreps, with equivariant activation, norm and residual.
 
     The block applies :class:`e3nn.o3.Linear` from ``input_dim`` to ``output_dim`` irreps, then an
     optional activation, then an optional equivariant norm, then adds the input if ``residual``.
@@ -116,7 +116,7 @@ class IrrepOutputBlock(nn.Module):
         Tensor
             Shape ``[..., output_dim.dim]``.
         """
-        out = self.activation(self.linear(features))
+        out: Tensor = self.activation(self.linear(features))
         width = out.shape[-1]
         out = self.norm(out.reshape(-1, width)).reshape(out.shape)
         if self.residual:

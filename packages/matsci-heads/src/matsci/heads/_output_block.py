@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-
 from torch import Tensor, nn
 
 from matsci.heads._resolve import ModuleSpec, build_module
@@ -125,7 +124,7 @@ class OutputBlock(nn.Module):
         Tensor
             Output of shape ``[..., output_dim]``.
         """
-        out = self.activation(self.linear(features))
+        out: Tensor = self.activation(self.linear(features))
         out = self.norm(out.reshape(-1, self.output_dim)).reshape(out.shape)
         out = self.dropout(out)
         if self.residual:
@@ -156,4 +155,3 @@ def _check_lazy_residual(block: nn.Module, inputs: tuple[Tensor, ...]) -> None:
         )
     block.input_dim = int(found)
     block._lazy_check.remove()
-

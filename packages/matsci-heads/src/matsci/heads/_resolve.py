@@ -65,7 +65,7 @@ def resolve_module_class(name: str, *, argument: str) -> type[nn.Module]:
     name
         ``"torch.nn.SiLU"``, or a bare class name such as ``"SiLU"`` (looked up in ``torch.nn``).
     argument
-        The argument being resolved, used in error messages (for example ``"OutputBlock(activation)"``).
+        The argument being resolved, named in error messages (e.g. ``"OutputBlock(activation)"``).
 
     Returns
     -------
@@ -93,9 +93,7 @@ def resolve_module_class(name: str, *, argument: str) -> type[nn.Module]:
         )
     candidate = getattr(importlib.import_module(namespace), class_name, None)
     if not (isinstance(candidate, type) and issubclass(candidate, nn.Module)):
-        raise ValueError(
-            f"{argument}: {name!r} is not a torch.nn.Module subclass in {namespace!r}"
-        )
+        raise ValueError(f"{argument}: {name!r} is not a torch.nn.Module subclass in {namespace!r}")
     return candidate
 
 

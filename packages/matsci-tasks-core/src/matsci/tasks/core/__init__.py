@@ -1,4 +1,4 @@
-"""The task layer of matsci: data contract, BaseTaskModule and property tasks on PyTorch Lightning."""
+"""The task layer of matsci: data contract, BaseTaskModule and property tasks on Lightning."""
 
 from importlib.metadata import version as _version
 
