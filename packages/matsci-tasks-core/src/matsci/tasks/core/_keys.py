@@ -1,0 +1,36 @@
+"""Names of batch attributes (the data contract), one constant each, with its shape.
+
+N atoms, E edges and B structures in a batch; ``k`` is a target's width.
+"""
+
+from typing import Final
+
+POS: Final = "pos"
+"""[N, 3] float, Cartesian positions in Å."""
+ATOMIC_NUMBERS: Final = "atomic_numbers"
+"""[N] long, atomic numbers Z."""
+CELL: Final = "cell"
+"""[B, 3, 3] float, lattice vectors as rows in Å (``[1, 3, 3]`` per structure)."""
+PBC: Final = "pbc"
+"""[B, 3] bool, periodic directions (``[1, 3]`` per structure)."""
+EDGE_INDEX: Final = "edge_index"
+"""[2, E] long, neighbour pairs (source, target)."""
+CELL_OFFSETS: Final = "cell_offsets"
+"""[E, 3] float, integer image shifts: ``vec = pos[j] - pos[i] + offsets @ cell``."""
+NATOMS: Final = "natoms"
+"""[B] long, atoms per structure (``[1]`` per structure)."""
+BATCH: Final = "batch"
+"""[N] long, index of each atom's structure, added by PyG when collating."""
+NOISY_POS: Final = "noisy_pos"
+"""[N, 3] float, positions with noise added by ``NoisyPositions``."""
+
+ENERGY: Final = "energy"
+"""[B] float, total energy in eV."""
+FORCE: Final = "force"
+"""[N, 3] float, forces in eV/Å."""
+STRESS: Final = "stress"
+"""[B, 3, 3] float, stress in eV/Å³ with ASE's sign convention."""
+SPACEGROUP: Final = "spacegroup"
+"""[B] long, space group number in 1..230."""
+DENOISE: Final = "denoise"
+"""[N, 3] float, the noise added to positions (the denoising target)."""
