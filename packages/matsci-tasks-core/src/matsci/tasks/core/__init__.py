@@ -1,7 +1,61 @@
-"""The task layer of matsci: data contract, BaseTaskModule and property tasks on Lightning."""
+"""The task layer of matsci: data contract, BaseTaskModule and property tasks on Lightning.
+
+An encoder turns a batch into :class:`Embeddings`; a task puts heads on them, computes losses
+against targets, logs metrics and trains with PyTorch Lightning.
+"""
 
 from importlib.metadata import version as _version
 
+from matsci.tasks.core import _keys as keys
+from matsci.tasks.core._base_task import DEFAULT_OUTPUT_KWARGS, BaseTaskModule
+from matsci.tasks.core._binary_classification import BinaryClassificationTask
+from matsci.tasks.core._config import (
+    ClassConfig,
+    build_from_config,
+    class_path,
+    import_class,
+    module_config,
+    to_plain,
+)
+from matsci.tasks.core._crystal_symmetry import NUM_SPACEGROUPS, CrystalSymmetryClassificationTask
+from matsci.tasks.core._embeddings import Embeddings, Encoder
+from matsci.tasks.core._masked_loss import MaskedLoss
+from matsci.tasks.core._normalizer import Normalizer
+from matsci.tasks.core._optim import (
+    build_optimizer,
+    build_scheduler,
+    check_scheduler_kwargs,
+    optimizer_path,
+)
+from matsci.tasks.core._scalar_regression import ScalarRegressionTask
+from matsci.tasks.core._schema import STRUCTURE_SPECS, AttributeSpec, validate_batch
+
 __version__ = _version("matsci-tasks-core")
 
-__all__: list[str] = ["__version__"]
+__all__ = [
+    "DEFAULT_OUTPUT_KWARGS",
+    "NUM_SPACEGROUPS",
+    "STRUCTURE_SPECS",
+    "AttributeSpec",
+    "BaseTaskModule",
+    "BinaryClassificationTask",
+    "ClassConfig",
+    "CrystalSymmetryClassificationTask",
+    "Embeddings",
+    "Encoder",
+    "MaskedLoss",
+    "Normalizer",
+    "ScalarRegressionTask",
+    "__version__",
+    "build_from_config",
+    "build_optimizer",
+    "build_scheduler",
+    "check_scheduler_kwargs",
+    "class_path",
+    "import_class",
+    "keys",
+    "module_config",
+    "optimizer_path",
+    "to_plain",
+    "validate_batch",
+]

@@ -1,0 +1,660 @@
+"""The base of every task: encoder, heads, losses, normalizers, metrics and optimization."""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, ClassVar, Literal, Self
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor, nn
+from torch_geometric.data import Batch
+from torch_geometric.utils import scatter
+from torchmetrics import MetricCollection
+from typing_extensions import override
+
+from matsci.tasks.core import _keys as keys
+from matsci.tasks.core._config import (
+    ClassConfig,
+    build_from_config,
+    class_path,
+    import_class,
+    module_config,
+    to_plain,
+)
+from matsci.tasks.core._embeddings import Embeddings
+from matsci.tasks.core._masked_loss import MaskedLoss
+from matsci.tasks.core._normalizer import Normalizer
+from matsci.tasks.core._optim import (
+    build_optimizer,
+    build_scheduler,
+    check_scheduler_kwargs,
+    optimizer_path,
+)
+from matsci.tasks.core._schema import STRUCTURE_SPECS, AttributeSpec, validate_batch
+
+Stage = Literal["train", "val", "test"]
+Reduction = Literal["mean", "sum", "max"]
+_REDUCTIONS = ("mean", "sum", "max")
+_STAGES: tuple[Stage, ...] = ("train", "val", "test")
+DEFAULT_OUTPUT_KWARGS: dict[str, Any] = {
+    "hidden_dim": 128,
+    "num_hidden": 1,
+    "activation": "torch.nn.SiLU",
+}
+"""Head settings used unless ``output_kwargs`` overrides them."""
+
+
+class BaseTaskModule(pl.LightningModule):
+    """Shared machinery of all tasks: a LightningModule with an encoder and one head per key.
+
+    Subclasses say what a key predicts (:meth:`build_head`, :meth:`compute_outputs`), what the
+    targets look like (:meth:`target_specs`), which loss is the default and which metrics to
+    log. Everything a task holds is built in ``__init__``, so ``trainer.validate()`` works on a
+    fresh task, DDP ranks build identical heads, and ``load_from_checkpoint`` restores the task.
+
+    Parameters
+    ----------
+    encoder
+        An encoder instance (see :class:`Encoder`). Give either this or ``encoder_class``.
+    encoder_class
+        The encoder's class or dotted path, built with ``encoder_kwargs``. Preferred: the
+        checkpoint then holds everything needed to rebuild the task.
+    encoder_kwargs
+        Constructor arguments of ``encoder_class`` (plain data).
+    loss_func
+        One loss for every key, or a dict ``{key: loss}``; each loss is a module instance, a
+        module class, a dotted name (``"torch.nn.L1Loss"``) or a ``{"class_path",
+        "init_args"}`` dict. ``None`` uses the task's default.
+    task_keys
+        The target names, in order. Each is a batch attribute.
+    output_kwargs
+        Arguments of :class:`~matsci.heads.OutputHead` for every head (``hidden_dim``,
+        ``num_hidden``, ``activation``, ``norm``, ``dropout``, ...), merged over
+        :data:`DEFAULT_OUTPUT_KWARGS`.
+    lr
+        Learning rate.
+    weight_decay
+        Weight decay.
+    optimizer
+        Optimizer class or name in ``torch.optim`` (default ``"AdamW"``).
+    scheduler_kwargs
+        Learning-rate schedule, see :func:`check_scheduler_kwargs`; for example warm-up then
+        cosine with ``SequentialLR``, or ``ReduceLROnPlateau`` with ``monitor="val/loss"``.
+    embedding_reduction_type
+        How atom embeddings are pooled into a structure embedding when the encoder gives none:
+        ``"mean"``, ``"sum"`` or ``"max"``.
+    normalize_kwargs
+        ``{key: {"mean": m, "std": s}}`` (numbers or one per target column); targets are
+        normalized for the loss and predictions de-normalized. Statistics can also be fitted
+        from data with :meth:`fit_normalizers`.
+    task_loss_scaling
+        ``{key: weight}`` multiplying each key's loss in the total (default 1).
+
+    Raises
+    ------
+    ValueError
+        On a key without a loss, a loss or scaling for an unknown key, duplicate keys, an
+        unknown reduction, both or neither of ``encoder`` and ``encoder_class``, or an encoder
+        without ``embedding_dim``.
+    """
+
+    default_loss: ClassVar[str] = "torch.nn.MSELoss"
+    """Dotted name of the loss used when ``loss_func`` is ``None``."""
+
+    def __init__(
+        self,
+        encoder: nn.Module | None = None,
+        encoder_class: str | type[nn.Module] | None = None,
+        encoder_kwargs: Mapping[str, Any] | None = None,
+        loss_func: Any = None,
+        task_keys: Sequence[str] | None = None,
+        output_kwargs: Mapping[str, Any] | None = None,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        optimizer: str | type[torch.optim.Optimizer] = "AdamW",
+        scheduler_kwargs: Mapping[str, Any] | None = None,
+        embedding_reduction_type: Reduction = "mean",
+        normalize_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
+        task_loss_scaling: Mapping[str, float] | None = None,
+    ) -> None:
+        super().__init__()
+        name = type(self).__name__
+        self.encoder, encoder_path = _build_encoder(name, encoder, encoder_class, encoder_kwargs)
+        self.task_keys: list[str] = self._check_task_keys(task_keys)
+        if embedding_reduction_type not in _REDUCTIONS:
+            raise ValueError(
+                f"{name}(embedding_reduction_type={embedding_reduction_type!r}): expected one of "
+                f"{_REDUCTIONS}"
+            )
+        self.embedding_reduction_type = embedding_reduction_type
+        loss_configs = self._loss_configs(loss_func)
+        self.losses = nn.ModuleDict(
+            {
+                key: MaskedLoss(
+                    build_from_config(loss_configs[key], nn.Module, argument="loss_func")
+                )
+                for key in self.task_keys
+            }
+        )
+        self.task_loss_scaling = self._check_keyed(task_loss_scaling, "task_loss_scaling", 1.0)
+        self.output_kwargs = {**DEFAULT_OUTPUT_KWARGS, **dict(output_kwargs or {})}
+        self.output_heads = nn.ModuleDict(
+            {key: self.build_head(key, self.output_kwargs) for key in self.task_keys}
+        )
+        self.normalizers = nn.ModuleDict(self._build_normalizers(normalize_kwargs))
+        self.metrics = nn.ModuleDict(
+            {f"{stage}_metrics": self._stage_metrics(stage) for stage in _STAGES}
+        )
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.optimizer_path = optimizer_path(optimizer)
+        self.scheduler_config = check_scheduler_kwargs(scheduler_kwargs)
+        self._checked_stages: set[str] = set()
+        # Only plain data goes into the checkpoint, so it loads with weights_only=True.
+        self.save_hyperparameters(ignore=["encoder", "encoder_class", "loss_func", "optimizer"])
+        self.hparams["encoder_class"] = encoder_path
+        self.hparams["encoder_kwargs"] = to_plain(
+            dict(encoder_kwargs) if encoder_kwargs is not None else None, argument="encoder_kwargs"
+        )
+        self.hparams["loss_func"] = loss_configs
+        self.hparams["optimizer"] = self.optimizer_path
+        self.hparams["scheduler_kwargs"] = self.scheduler_config
+
+    # -- what subclasses define -------------------------------------------------------------
+
+    @abstractmethod
+    def build_head(self, key: str, output_kwargs: Mapping[str, Any]) -> nn.Module:
+        """Build the head that predicts ``key``."""
+
+    @abstractmethod
+    def target_specs(self) -> list[AttributeSpec]:
+        """Describe the target attributes a batch must carry for this task."""
+
+    @abstractmethod
+    def build_metrics(self, key: str) -> MetricCollection:
+        """Metrics of one key (a fresh collection per stage)."""
+
+    def compute_outputs(self, embeddings: Embeddings, batch: Batch) -> dict[str, Tensor]:
+        """Raw head outputs per key, in normalized units (before :meth:`to_physical`).
+
+        The default applies each head to the structure embedding.
+
+        Parameters
+        ----------
+        embeddings
+            The encoder's output.
+        batch
+            The batch (for pooling atom embeddings).
+
+        Returns
+        -------
+        dict
+            ``{key: [B, ...]}``.
+        """
+        system = self.system_embedding(embeddings, batch)
+        return {key: head(system) for key, head in self.output_heads.items()}
+
+    def get_target(self, batch: Batch, key: str) -> Tensor:
+        """Read a target from the batch in the shape the loss expects (``[B, k]`` by default)."""
+        target: Tensor = batch[key]
+        return target.reshape(target.shape[0], -1)
+
+    def to_physical(self, key: str, output: Tensor) -> Tensor:
+        """Turn a head output into a prediction in physical units (de-normalize)."""
+        if key in self.normalizers:
+            normalizer: Normalizer = self.normalizers[key]  # type: ignore[assignment]
+            return normalizer.denormalize(output)
+        return output
+
+    def loss_target(self, key: str, target: Tensor) -> Tensor:
+        """Turn a target into what the loss compares with head outputs (normalize)."""
+        if key in self.normalizers:
+            normalizer: Normalizer = self.normalizers[key]  # type: ignore[assignment]
+            return normalizer.normalize(target)
+        return target
+
+    def metric_inputs(self, key: str, output: Tensor) -> Tensor:
+        """What the metrics compare with the target: by default the physical prediction."""
+        return self.to_physical(key, output)
+
+    def update_metric(
+        self, collection: MetricCollection, prediction: Tensor, target: Tensor
+    ) -> None:
+        """Feed one key's predictions and targets (missing ones removed) to its metrics."""
+        collection.update(prediction, target)
+
+    def normalizer_dim(self, key: str) -> int | None:
+        """Width of the normalizer of ``key``, or ``None`` if the key is never normalized."""
+        return None
+
+    # -- the forward pass ---------------------------------------------------------------------
+
+    @override
+    def forward(self, batch: Batch) -> dict[str, Tensor]:
+        """Encode the batch and apply every head; outputs are in normalized units.
+
+        Parameters
+        ----------
+        batch
+            A batch following the data contract.
+
+        Returns
+        -------
+        dict
+            ``{key: output}`` for every task key.
+        """
+        return self.compute_outputs(self.encoder(batch), batch)
+
+    def system_embedding(self, embeddings: Embeddings, batch: Batch) -> Tensor:
+        """The structure embedding ``[B, D]``, pooled from atom embeddings if the encoder gave none.
+
+        Parameters
+        ----------
+        embeddings
+            The encoder's output.
+        batch
+            The batch, whose ``batch`` vector maps atoms to structures.
+
+        Returns
+        -------
+        Tensor
+            Shape ``[B, D]``.
+
+        Raises
+        ------
+        ValueError
+            If the encoder gave neither embedding.
+        """
+        if embeddings.system_embedding is not None:
+            return embeddings.system_embedding
+        if embeddings.point_embedding is None:
+            raise ValueError(f"{type(self).__name__}: the encoder returned neither embedding")
+        index = getattr(batch, keys.BATCH, None)
+        if index is None:
+            return _reduce_all(embeddings.point_embedding, self.embedding_reduction_type)
+        pooled: Tensor = scatter(
+            embeddings.point_embedding,
+            index,
+            dim=0,
+            dim_size=batch.num_graphs,
+            reduce=self.embedding_reduction_type,
+        )
+        return pooled
+
+    @torch.no_grad()
+    def predict(self, batch: Batch) -> dict[str, Tensor]:
+        """Predictions in physical units for a batch.
+
+        Parameters
+        ----------
+        batch
+            A batch following the data contract (targets not needed).
+
+        Returns
+        -------
+        dict
+            ``{key: prediction}``, for example ``[B, k]`` for a regression key.
+        """
+        outputs = self(batch)
+        return {key: self.to_physical(key, outputs[key]) for key in self.task_keys}
+
+    # -- Lightning hooks -----------------------------------------------------------------------
+
+    @override
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        return self._shared_step(batch, "train")
+
+    @override
+    def validation_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        return self._shared_step(batch, "val")
+
+    @override
+    def test_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        return self._shared_step(batch, "test")
+
+    @override
+    def predict_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> Any:
+        self._check_batch(batch, "predict", with_targets=False)
+        return self.predict(batch)
+
+    @override
+    def configure_optimizers(self) -> Any:
+        optimizer = build_optimizer(
+            self.optimizer_path, self.parameter_groups(), self.lr, self.weight_decay
+        )
+        if self.scheduler_config is None:
+            return optimizer
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": build_scheduler(self.scheduler_config, optimizer),
+        }
+
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """Parameter groups of the optimizer: the encoder, then the heads.
+
+        Returns
+        -------
+        list of dict
+            ``[{"name": "encoder", "params": [...]}, {"name": "heads", "params": [...]}]``
+            (groups without parameters are left out).
+        """
+        groups = [
+            {"name": "encoder", "params": list(self.encoder.parameters())},
+            {"name": "heads", "params": list(self.output_heads.parameters())},
+        ]
+        return [group for group in groups if group["params"]]
+
+    # -- one step ----------------------------------------------------------------------------
+
+    def _shared_step(self, batch: Batch, stage: Stage) -> Tensor:
+        self._check_batch(batch, stage, with_targets=True)
+        outputs = self(batch)
+        total, losses = self.compute_losses(outputs, batch)
+        batch_size = int(batch.num_graphs)
+        on_step = stage == "train"
+        self.log(f"{stage}/loss", total, batch_size=batch_size, on_step=on_step, on_epoch=True,
+                 prog_bar=True)  # fmt: skip
+        for key, value in losses.items():
+            self.log(f"{stage}/{key}/loss", value, batch_size=batch_size, on_step=on_step,
+                     on_epoch=True)  # fmt: skip
+        self._update_metrics(outputs, batch, stage, batch_size)
+        return total
+
+    def compute_losses(
+        self, outputs: Mapping[str, Tensor], batch: Batch
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Weighted total loss and the loss of each key, with missing (NaN) targets masked.
+
+        Parameters
+        ----------
+        outputs
+            Head outputs from :meth:`forward`.
+        batch
+            The batch holding the targets.
+
+        Returns
+        -------
+        tuple
+            ``(total, {key: loss})``.
+        """
+        losses: dict[str, Tensor] = {}
+        for key in self.task_keys:
+            target = self.get_target(batch, key)
+            present = _present(target)
+            loss_fn: MaskedLoss = self.losses[key]  # type: ignore[assignment]
+            losses[key] = loss_fn(outputs[key], self.loss_target(key, target), present)
+        total = torch.stack(
+            [self.task_loss_scaling[key] * losses[key] for key in self.task_keys]
+        ).sum()
+        return total, losses
+
+    def _update_metrics(
+        self, outputs: Mapping[str, Tensor], batch: Batch, stage: Stage, batch_size: int
+    ) -> None:
+        collections: nn.ModuleDict = self.metrics[f"{stage}_metrics"]  # type: ignore[assignment]
+        for key in self.task_keys:
+            target = self.get_target(batch, key)
+            present = _present(target)
+            prediction = self.metric_inputs(key, outputs[key].detach())
+            collection: MetricCollection = collections[key]  # type: ignore[assignment]
+            if present.all():
+                self.update_metric(collection, prediction, target)
+            else:
+                rows = present.reshape(present.shape[0], -1).all(dim=1)
+                self.update_metric(collection, prediction[rows], target[rows])
+            self.log_dict(collection, batch_size=batch_size, on_step=False, on_epoch=True)
+
+    def check_batch(self, batch: Batch, *, with_targets: bool = True) -> None:
+        """Check that a batch carries what this task needs (see :func:`validate_batch`).
+
+        Parameters
+        ----------
+        batch
+            The batch.
+        with_targets
+            Also check the targets (not needed for prediction).
+
+        Raises
+        ------
+        ValueError
+            Naming the attribute, what was found and what was expected.
+        """
+        specs = list(STRUCTURE_SPECS) + (self.target_specs() if with_targets else [])
+        validate_batch(batch, specs, context=type(self).__name__)
+
+    def _check_batch(self, batch: Batch, stage: str, *, with_targets: bool) -> None:
+        # Checked on the first batch of each stage: later batches come from the same pipeline.
+        if stage in self._checked_stages:
+            return
+        self.check_batch(batch, with_targets=with_targets)
+        self._checked_stages.add(stage)
+
+    # -- normalization -------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def fit_normalizers(
+        self, batches: Iterable[Batch], keys_to_fit: Sequence[str] | None = None
+    ) -> None:
+        """Fit the mean and standard deviation of targets by streaming over batches.
+
+        Runs in one pass with constant memory, so a dataset larger than memory works. NaN
+        (missing) targets are ignored. The statistics are stored as buffers and travel in
+        checkpoints.
+
+        Parameters
+        ----------
+        batches
+            An iterable of batches, typically the training dataloader.
+        keys_to_fit
+            Keys to fit; default every key this task normalizes.
+
+        Raises
+        ------
+        ValueError
+            If a key is not normalized by this task, or a key has no present value.
+        """
+        fit_keys = list(keys_to_fit) if keys_to_fit is not None else list(self.normalizers)
+        for key in fit_keys:
+            if key not in self.normalizers:
+                raise ValueError(
+                    f"{type(self).__name__}.fit_normalizers: {key!r} is not normalized by this "
+                    f"task; normalized keys: {list(self.normalizers)}"
+                )
+            self.normalizers[key].reset_statistics()  # type: ignore[operator]
+        for batch in batches:
+            for key in fit_keys:
+                self.normalizers[key].update(self.get_target(batch, key))  # type: ignore[operator]
+        for key in fit_keys:
+            self.normalizers[key].finalize()  # type: ignore[operator]
+
+    def _build_normalizers(
+        self, normalize_kwargs: Mapping[str, Mapping[str, Any]] | None
+    ) -> dict[str, Normalizer]:
+        given = dict(normalize_kwargs or {})
+        unknown = set(given) - set(self.task_keys)
+        if unknown:
+            raise ValueError(
+                f"{type(self).__name__}(normalize_kwargs): unknown keys {sorted(unknown)}; "
+                f"task keys are {self.task_keys}"
+            )
+        normalizers: dict[str, Normalizer] = {}
+        for key in self.task_keys:
+            dim = self.normalizer_dim(key)
+            if dim is None:
+                if key in given:
+                    raise ValueError(
+                        f"{type(self).__name__}(normalize_kwargs): key {key!r} is not normalized "
+                        "by this task"
+                    )
+                continue
+            stats = dict(given.get(key, {}))
+            if set(stats) - {"mean", "std"}:
+                raise ValueError(
+                    f"{type(self).__name__}(normalize_kwargs[{key!r}]): expected keys 'mean' and "
+                    f"'std', got {sorted(stats)}"
+                )
+            normalizers[key] = Normalizer(dim, mean=stats.get("mean"), std=stats.get("std"))
+        return normalizers
+
+    # -- construction helpers ------------------------------------------------------------------
+
+    def _check_task_keys(self, task_keys: Sequence[str] | None) -> list[str]:
+        name = type(self).__name__
+        if task_keys is None or isinstance(task_keys, str) or len(task_keys) == 0:
+            raise ValueError(f"{name}(task_keys={task_keys!r}): expected a non-empty list of keys")
+        ordered = list(task_keys)
+        duplicates = sorted({key for key in ordered if ordered.count(key) > 1})
+        if duplicates:
+            raise ValueError(f"{name}(task_keys): duplicate keys {duplicates}")
+        return ordered
+
+    def _check_keyed(
+        self, values: Mapping[str, float] | None, argument: str, default: float
+    ) -> dict[str, float]:
+        given = dict(values or {})
+        unknown = set(given) - set(self.task_keys)
+        if unknown:
+            raise ValueError(
+                f"{type(self).__name__}({argument}): keys {sorted(unknown)} are not task keys "
+                f"{self.task_keys}"
+            )
+        return {key: float(given.get(key, default)) for key in self.task_keys}
+
+    def _loss_configs(self, loss_func: Any) -> dict[str, ClassConfig]:
+        name = type(self).__name__
+        per_key = isinstance(loss_func, Mapping) and "class_path" not in loss_func
+        if not per_key:
+            spec = self.default_loss if loss_func is None else loss_func
+            config = module_config(spec, nn.Module, argument="loss_func", default_module="torch.nn")
+            return {key: config for key in self.task_keys}
+        missing = [key for key in self.task_keys if key not in loss_func]
+        extra = [key for key in loss_func if key not in self.task_keys]
+        if missing or extra:
+            raise ValueError(
+                f"{name}(loss_func): keys without a loss {missing}, losses without a key {extra}; "
+                f"task keys are {self.task_keys}"
+            )
+        return {
+            key: module_config(
+                loss_func[key], nn.Module, argument=f"loss_func[{key!r}]", default_module="torch.nn"
+            )
+            for key in self.task_keys
+        }
+
+    def _stage_metrics(self, stage: Stage) -> nn.ModuleDict:
+        return nn.ModuleDict(
+            {key: self.build_metrics(key).clone(prefix=f"{stage}/{key}/") for key in self.task_keys}
+        )
+
+    def embedding_width(self) -> int:
+        """Width ``D`` of the structure embedding the heads receive.
+
+        Uses the encoder's ``system_embedding_dim`` if it has one, else ``embedding_dim``; for
+        irreps, the number of even scalars (``0e``), which is what pooling keeps invariant.
+
+        Returns
+        -------
+        int
+            The width.
+        """
+        width: Any = getattr(self.encoder, "system_embedding_dim", None)
+        width = width if width is not None else self.encoder.embedding_dim
+        if isinstance(width, int):
+            return width
+        return int(sum(mul for mul, ir in width if str(ir) == "0e"))
+
+    # -- checkpoints ---------------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained_encoder(cls, checkpoint: str | Any, **task_kwargs: Any) -> Self:
+        """Build a new task around the encoder of a trained task's checkpoint.
+
+        The encoder is rebuilt from the checkpoint's ``encoder_class`` and ``encoder_kwargs``
+        (unless ``task_kwargs`` gives an encoder) and receives exactly the trained weights;
+        heads, losses and normalizers are new. Only the leading ``encoder.`` of each state-dict
+        name is removed.
+
+        Parameters
+        ----------
+        checkpoint
+            Path of a Lightning checkpoint of any task (loaded with ``weights_only=True``).
+        **task_kwargs
+            Arguments of the new task (``task_keys``, ``lr``, ...).
+
+        Returns
+        -------
+        BaseTaskModule
+            The new task.
+
+        Raises
+        ------
+        ValueError
+            If the checkpoint holds no encoder weights or the encoder's weights do not fit.
+        """
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        hparams = state.get("hyper_parameters", {})
+        if "encoder" not in task_kwargs and "encoder_class" not in task_kwargs:
+            task_kwargs["encoder_class"] = hparams.get("encoder_class")
+            task_kwargs["encoder_kwargs"] = hparams.get("encoder_kwargs")
+        task = cls(**task_kwargs)
+        prefix = "encoder."
+        encoder_state = {
+            name.removeprefix(prefix): value
+            for name, value in state["state_dict"].items()
+            if name.startswith(prefix)
+        }
+        if not encoder_state:
+            raise ValueError(
+                f"{cls.__name__}.from_pretrained_encoder: no encoder weights in {checkpoint}"
+            )
+        task.encoder.load_state_dict(encoder_state, strict=True)
+        return task
+
+
+def _build_encoder(
+    name: str,
+    encoder: nn.Module | None,
+    encoder_class: str | type[nn.Module] | None,
+    encoder_kwargs: Mapping[str, Any] | None,
+) -> tuple[nn.Module, str | None]:
+    if encoder is None and encoder_class is None:
+        raise ValueError(
+            f"{name}: give encoder= (an instance) or encoder_class= (with encoder_kwargs)"
+        )
+    if encoder is None:
+        assert encoder_class is not None
+        path = encoder_class if isinstance(encoder_class, str) else class_path(encoder_class)
+        cls = import_class(path, nn.Module, argument=f"{name}(encoder_class)")
+        encoder = cls(**dict(encoder_kwargs or {}))
+    elif encoder_class is not None:
+        # Both: load_from_checkpoint(path, encoder=...) adds an instance to the stored class path.
+        path = encoder_class if isinstance(encoder_class, str) else class_path(encoder_class)
+        if path != class_path(type(encoder)):
+            raise ValueError(
+                f"{name}: encoder is a {class_path(type(encoder))} but encoder_class is {path}"
+            )
+    if not hasattr(encoder, "embedding_dim"):
+        raise ValueError(
+            f"{name}: the encoder {type(encoder).__name__} has no embedding_dim attribute "
+            "(an int, or e3nn Irreps), which the heads need"
+        )
+    local = "<locals>" in type(encoder).__qualname__
+    # A class defined in a function cannot be imported again: such a task reloads only with
+    # load_from_checkpoint(path, encoder=...).
+    return encoder, (None if local else class_path(type(encoder)))
+
+
+def _present(target: Tensor) -> Tensor:
+    if target.is_floating_point():
+        return ~torch.isnan(target)
+    return torch.ones_like(target, dtype=torch.bool)
+
+
+def _reduce_all(values: Tensor, reduction: Reduction) -> Tensor:
+    if reduction == "mean":
+        return values.mean(dim=0, keepdim=True)
+    if reduction == "sum":
+        return values.sum(dim=0, keepdim=True)
+    return values.amax(dim=0, keepdim=True)

@@ -1,0 +1,159 @@
+"""Classification of crystal structures into the 230 space groups."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+
+from matsci.heads import OutputHead
+from matsci.tasks.core import _keys as keys
+from matsci.tasks.core._base_task import BaseTaskModule
+from matsci.tasks.core._schema import AttributeSpec
+
+NUM_SPACEGROUPS = 230
+"""Number of crystallographic space groups; labels run from 1 to 230."""
+
+
+class CrystalSymmetryClassificationTask(BaseTaskModule):
+    """Predict the space group (1..230) of each structure: a 230-way classification.
+
+    Reads the ``spacegroup`` target, ``[B]`` integers from 1 to 230; a label outside that range
+    is an error naming it. Loss ``CrossEntropyLoss`` by default, with optional class weights and
+    label smoothing. Metrics: top-1 and top-5 accuracy and macro F1
+    (``<stage>/spacegroup/top1``, ``.../top5``, ``.../f1_macro``). :meth:`predict` returns the
+    most likely space group number and its probability. Often used for pretraining.
+
+    Parameters
+    ----------
+    class_weights
+        230 weights, one per space group (1 first), for the default loss.
+    label_smoothing
+        Label smoothing of the default loss, in ``[0, 1)``.
+    **kwargs
+        Arguments of :class:`BaseTaskModule`; ``task_keys`` defaults to ``["spacegroup"]``.
+
+    Raises
+    ------
+    ValueError
+        If ``task_keys`` is other than ``["spacegroup"]``, ``class_weights`` has another
+        length, or these options are combined with a custom ``loss_func``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch_geometric.data import Batch, Data
+    >>> from matsci.tasks.core import CrystalSymmetryClassificationTask, Embeddings
+    >>> class PositionEncoder(torch.nn.Module):
+    ...     embedding_dim = 3
+    ...     def forward(self, batch):
+    ...         return Embeddings(point_embedding=batch.pos)
+    >>> task = CrystalSymmetryClassificationTask(encoder=PositionEncoder(), label_smoothing=0.1)
+    >>> data = Data(pos=torch.rand(2, 3), atomic_numbers=torch.tensor([11, 17]),
+    ...             natoms=torch.tensor([2]), spacegroup=torch.tensor([225]))
+    >>> out = task.predict(Batch.from_data_list([data]))
+    >>> sorted(out), int(out["spacegroup"].min()) >= 1
+    (['spacegroup', 'spacegroup_probability'], True)
+    """
+
+    default_loss = "torch.nn.CrossEntropyLoss"
+
+    def __init__(
+        self,
+        class_weights: Sequence[float] | None = None,
+        label_smoothing: float = 0.0,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.setdefault("task_keys", [keys.SPACEGROUP])
+        if list(kwargs["task_keys"]) != [keys.SPACEGROUP]:
+            raise ValueError(
+                f"CrystalSymmetryClassificationTask(task_keys={kwargs['task_keys']!r}): the only "
+                f"key is {[keys.SPACEGROUP]}"
+            )
+        if class_weights is not None or label_smoothing:
+            if kwargs.get("loss_func") is not None:
+                raise ValueError(
+                    "CrystalSymmetryClassificationTask: give class_weights/label_smoothing or a "
+                    "custom loss_func, not both"
+                )
+            init_args: dict[str, Any] = {"label_smoothing": float(label_smoothing)}
+            if class_weights is not None:
+                if len(class_weights) != NUM_SPACEGROUPS:
+                    raise ValueError(
+                        f"CrystalSymmetryClassificationTask(class_weights): {len(class_weights)} "
+                        f"weights given, expected {NUM_SPACEGROUPS}"
+                    )
+                init_args["weight"] = [float(w) for w in class_weights]
+            kwargs["loss_func"] = {"class_path": self.default_loss, "init_args": init_args}
+        super().__init__(**kwargs)
+        # The checkpoint holds the resulting loss; these must not be applied again on loading.
+        self.hparams["class_weights"] = None
+        self.hparams["label_smoothing"] = 0.0
+
+    def build_head(self, key: str, output_kwargs: Mapping[str, Any]) -> nn.Module:
+        """A dense head with 230 logits."""
+        return OutputHead(NUM_SPACEGROUPS, input_dim=self.embedding_width(), **output_kwargs)
+
+    def target_specs(self) -> list[AttributeSpec]:
+        """``spacegroup``: integer ``[B]``."""
+        return [AttributeSpec(keys.SPACEGROUP, "graph", (1,), dtype="int", squeeze_ok=True)]
+
+    def get_target(self, batch: Any, key: str) -> Tensor:
+        """Space group numbers ``[B]`` (1..230), checked on every batch."""
+        labels: Tensor = batch[key].reshape(-1)
+        if bool(((labels < 1) | (labels > NUM_SPACEGROUPS)).any()):
+            bad = sorted(set(labels[(labels < 1) | (labels > NUM_SPACEGROUPS)].tolist()))
+            raise ValueError(
+                f"CrystalSymmetryClassificationTask: space group labels {bad} are outside 1..230"
+            )
+        return labels
+
+    def loss_target(self, key: str, target: Tensor) -> Tensor:
+        """Class indices from 0 for the loss."""
+        return target - 1
+
+    def update_metric(
+        self, collection: MetricCollection, prediction: Tensor, target: Tensor
+    ) -> None:
+        """Metrics compare logits with 0-based class indices."""
+        collection.update(prediction, target - 1)
+
+    def metric_inputs(self, key: str, output: Tensor) -> Tensor:
+        """Logits."""
+        return output
+
+    def to_physical(self, key: str, output: Tensor) -> Tensor:
+        """Class probabilities ``[B, 230]`` (column ``g - 1`` is space group ``g``)."""
+        return torch.softmax(output, dim=-1)
+
+    @torch.no_grad()
+    def predict(self, batch: Any) -> dict[str, Tensor]:
+        """Most likely space group and its probability.
+
+        Parameters
+        ----------
+        batch
+            A batch following the data contract.
+
+        Returns
+        -------
+        dict
+            ``{"spacegroup": [B] long in 1..230, "spacegroup_probability": [B] float}``.
+        """
+        probabilities = self.to_physical(keys.SPACEGROUP, self(batch)[keys.SPACEGROUP])
+        best, index = probabilities.max(dim=-1)
+        return {keys.SPACEGROUP: index + 1, f"{keys.SPACEGROUP}_probability": best}
+
+    def build_metrics(self, key: str) -> MetricCollection:
+        """Top-1 and top-5 accuracy and macro-averaged F1."""
+        return MetricCollection(
+            {
+                "top1": MulticlassAccuracy(NUM_SPACEGROUPS, top_k=1, average="micro"),
+                "top5": MulticlassAccuracy(NUM_SPACEGROUPS, top_k=5, average="micro"),
+                "f1_macro": MulticlassF1Score(NUM_SPACEGROUPS, average="macro"),
+            }
+        )
