@@ -18,6 +18,7 @@ ROOT = Path(__file__).parent
 PACKAGES = sorted(path.name for path in (ROOT / "packages").iterdir() if path.is_dir())
 EXTRAS = {"matsci-heads": ["e3nn"]}
 IMPORT_PATHS = {
+    "matsci-data": "matsci.data",
     "matsci-heads": "matsci.heads",
     "matsci-transforms": "matsci.transforms",
     "matsci-tasks-core": "matsci.tasks.core",

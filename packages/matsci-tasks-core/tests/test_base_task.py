@@ -68,6 +68,13 @@ def test_heads_follow_the_users_key_order() -> None:
     assert task.hparams["task_keys"] == keys
 
 
+def test_output_kwargs_are_stored_as_plain_data() -> None:
+    task = _regression(output_kwargs={"activation": nn.GELU, "hidden_dim": 8})
+    assert task.hparams["output_kwargs"] == {"activation": "torch.nn.GELU", "hidden_dim": 8}
+    with pytest.raises(ValueError, match=r"output_kwargs\['norm'\]: LayerNorm is not plain data"):
+        _regression(output_kwargs={"norm": nn.LayerNorm(128)})
+
+
 def test_heads_fit_any_embedding_width() -> None:
     task = _regression(encoder_kwargs={"embedding_dim": 37})
     assert task.output_heads["energy"].blocks[0].linear.in_features == 37  # type: ignore[index]

@@ -161,6 +161,7 @@ class BaseTaskModule(pl.LightningModule):
         self.hparams["loss_func"] = loss_configs
         self.hparams["optimizer"] = self.optimizer_path
         self.hparams["scheduler_kwargs"] = self.scheduler_config
+        self.hparams["output_kwargs"] = _plain_output_kwargs(dict(output_kwargs or {}))
 
     # -- what subclasses define -------------------------------------------------------------
 
@@ -353,12 +354,14 @@ class BaseTaskModule(pl.LightningModule):
         outputs = self(batch)
         total, losses = self.compute_losses(outputs, batch)
         batch_size = int(batch.num_graphs)
-        on_step = stage == "train"
-        self.log(f"{stage}/loss", total, batch_size=batch_size, on_step=on_step, on_epoch=True,
-                 prog_bar=True)  # fmt: skip
+        training = stage == "train"
+        # Evaluation losses are averaged over DDP ranks (schedulers and checkpoints monitor them);
+        # training losses are logged per rank so a step costs no extra all-reduce.
+        self.log(f"{stage}/loss", total, prog_bar=True, batch_size=batch_size, on_step=training,
+                 on_epoch=True, sync_dist=not training)  # fmt: skip
         for key, value in losses.items():
-            self.log(f"{stage}/{key}/loss", value, batch_size=batch_size, on_step=on_step,
-                     on_epoch=True)  # fmt: skip
+            self.log(f"{stage}/{key}/loss", value, batch_size=batch_size, on_step=training,
+                     on_epoch=True, sync_dist=not training)  # fmt: skip
         self._update_metrics(outputs, batch, stage, batch_size)
         return total
 
@@ -568,6 +571,46 @@ class BaseTaskModule(pl.LightningModule):
     # -- checkpoints ---------------------------------------------------------------------------
 
     @classmethod
+    @override
+    def load_from_checkpoint(
+        cls,
+        checkpoint_path: Any,
+        map_location: Any = None,
+        hparams_file: Any = None,
+        strict: bool | None = None,
+        weights_only: bool | None = True,
+        **kwargs: Any,
+    ) -> Self:
+        """Restore a task from a checkpoint, loading it with ``weights_only=True`` by default.
+
+        Checkpoints of tasks hold plain data only, so nothing in the file can run code.
+
+        Parameters
+        ----------
+        checkpoint_path
+            Path (or file object) of the checkpoint.
+        map_location
+            Where to put tensors, as in :func:`torch.load`.
+        hparams_file
+            Optional YAML of hyperparameters overriding the stored ones.
+        strict
+            Whether the state dict must match exactly.
+        weights_only
+            Passed to :func:`torch.load`; ``True`` unless set.
+        **kwargs
+            Constructor arguments overriding the stored ones (e.g. ``encoder=...``).
+
+        Returns
+        -------
+        BaseTaskModule
+            The restored task.
+        """
+        task = super().load_from_checkpoint(
+            checkpoint_path, map_location, hparams_file, strict, weights_only=weights_only, **kwargs
+        )
+        return task
+
+    @classmethod
     def from_pretrained_encoder(cls, checkpoint: str | Any, **task_kwargs: Any) -> Self:
         """Build a new task around the encoder of a trained task's checkpoint.
 
@@ -644,6 +687,18 @@ def _build_encoder(
     # A class defined in a function cannot be imported again: such a task reloads only with
     # load_from_checkpoint(path, encoder=...).
     return encoder, (None if local else class_path(type(encoder)))
+
+
+def _plain_output_kwargs(output_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Head arguments as plain data: ``torch.nn`` classes become their dotted names."""
+    plain: dict[str, Any] = {}
+    for name, value in output_kwargs.items():
+        torch_nn_name = getattr(value, "__name__", "")
+        if isinstance(value, type) and getattr(nn, torch_nn_name, None) is value:
+            plain[name] = f"torch.nn.{torch_nn_name}"
+        else:
+            plain[name] = to_plain(value, argument=f"output_kwargs[{name!r}]")
+    return plain
 
 
 def _present(target: Tensor) -> Tensor:
