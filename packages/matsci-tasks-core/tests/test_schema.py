@@ -7,7 +7,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 from torch_geometric.data import Batch, Data
 
-from matsci.tasks.core import _keys as keys
+from matsci.transforms import keys
 from matsci.tasks.core._schema import STRUCTURE_SPECS, AttributeSpec, validate_batch
 
 CONTEXT = "ScalarRegressionTask"

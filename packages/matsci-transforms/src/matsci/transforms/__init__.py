@@ -2,6 +2,8 @@
 
 from importlib.metadata import version as _version
 
+from matsci.transforms import keys
+
 __version__ = _version("matsci-transforms")
 
-__all__: list[str] = ["__version__"]
+__all__ = ["__version__", "keys"]

@@ -6,7 +6,7 @@ against targets, logs metrics and trains with PyTorch Lightning.
 
 from importlib.metadata import version as _version
 
-from matsci.tasks.core import _keys as keys
+from matsci.transforms import keys
 from matsci.tasks.core._base_task import DEFAULT_OUTPUT_KWARGS, BaseTaskModule
 from matsci.tasks.core._binary_classification import BinaryClassificationTask
 from matsci.tasks.core._config import (

@@ -14,7 +14,7 @@ from torch_geometric.utils import scatter
 from torchmetrics import MetricCollection
 from typing_extensions import override
 
-from matsci.tasks.core import _keys as keys
+from matsci.transforms import keys
 from matsci.tasks.core._config import (
     ClassConfig,
     build_from_config,

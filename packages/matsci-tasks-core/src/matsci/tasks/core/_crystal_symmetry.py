@@ -11,7 +11,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from matsci.heads import OutputHead
-from matsci.tasks.core import _keys as keys
+from matsci.transforms import keys
 from matsci.tasks.core._base_task import BaseTaskModule
 from matsci.tasks.core._schema import AttributeSpec
 

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 from torch_geometric.data import Batch, Data
 
-from matsci.tasks.core import _keys as keys
+from matsci.transforms import keys
 
 Level = Literal["node", "graph", "edge"]
 """Leading dimension of an attribute: N atoms, B structures or E edges."""
@@ -48,7 +48,7 @@ class AttributeSpec:
     Parameters
     ----------
     name
-        Batch attribute name, one of the constants in ``matsci.tasks.core._keys`` or a target key.
+        Batch attribute name, one of the constants in :mod:`matsci.transforms.keys` or a target key.
     level
         ``"node"``, ``"graph"`` or ``"edge"``: which size the leading dimension has.
     trailing

@@ -1,5 +1,7 @@
 """Names of batch attributes (the data contract), one constant each, with its shape.
 
+Every package reads and writes batch attributes through these names.
+
 N atoms, E edges and B structures in a batch; ``k`` is a target's width.
 """
 
