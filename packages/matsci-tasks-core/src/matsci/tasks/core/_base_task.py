@@ -141,7 +141,7 @@ class BaseTaskModule(pl.LightningModule):
         self.task_loss_scaling = self._check_keyed(task_loss_scaling, "task_loss_scaling", 1.0)
         self.output_kwargs = {**DEFAULT_OUTPUT_KWARGS, **dict(output_kwargs or {})}
         self.output_heads = nn.ModuleDict(
-            {key: self.build_head(key, self.output_kwargs) for key in self.task_keys}
+            {key: self.build_head(key, self.output_kwargs) for key in self.head_keys()}
         )
         self.normalizers = nn.ModuleDict(self._build_normalizers(normalize_kwargs))
         self.metrics = nn.ModuleDict(
@@ -164,6 +164,13 @@ class BaseTaskModule(pl.LightningModule):
         self.hparams["output_kwargs"] = _plain_output_kwargs(dict(output_kwargs or {}))
 
     # -- what subclasses define -------------------------------------------------------------
+
+    def head_keys(self) -> list[str]:
+        """Keys that get a head; by default every task key.
+
+        Tasks that derive some keys from others (forces from the energy) return fewer.
+        """
+        return list(self.task_keys)
 
     @abstractmethod
     def build_head(self, key: str, output_kwargs: Mapping[str, Any]) -> nn.Module:

@@ -1,7 +1,27 @@
-"""Energy, force and stress tasks, direct forces and denoising pretraining for matsci."""
+"""Physics tasks of matsci: energy, forces and stress; direct forces; denoising pretraining."""
 
 from importlib.metadata import version as _version
 
+from matsci.tasks.physics._autograd import autograd_ready_copy, gradients_enabled
+from matsci.tasks.physics._force_regression import FIXED, ForceRegressionTask
+from matsci.tasks.physics._gradfree_force import (
+    GradFreeForceRegression,
+    GradFreeForceRegressionTask,
+)
+from matsci.tasks.physics._node_denoising import NodeDenoisingTask
+from matsci.tasks.physics._reference_energies import NUM_ELEMENTS, ReferenceEnergyFit
+
 __version__ = _version("matsci-tasks-physics")
 
-__all__: list[str] = ["__version__"]
+__all__ = [
+    "FIXED",
+    "NUM_ELEMENTS",
+    "ForceRegressionTask",
+    "GradFreeForceRegression",
+    "GradFreeForceRegressionTask",
+    "NodeDenoisingTask",
+    "ReferenceEnergyFit",
+    "__version__",
+    "autograd_ready_copy",
+    "gradients_enabled",
+]

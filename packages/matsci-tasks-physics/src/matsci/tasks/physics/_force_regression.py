@@ -1,0 +1,391 @@
+"""Energy, forces (negative gradient of the energy) and stress (strain derivative)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch_geometric.data import Batch
+from torch_geometric.utils import scatter
+from torchmetrics import CosineSimilarity, MeanAbsoluteError, MeanSquaredError, MetricCollection
+from typing_extensions import override
+
+from matsci.heads import OutputHead
+from matsci.tasks.core import AttributeSpec, BaseTaskModule, Embeddings
+from matsci.tasks.physics._autograd import autograd_ready_copy, gradients_enabled
+from matsci.tasks.physics._reference_energies import NUM_ELEMENTS, ReferenceEnergyFit
+from matsci.transforms import keys
+
+FIXED = "fixed"
+"""Optional per-atom attribute, [N] bool: atoms held fixed, left out of the force loss."""
+
+
+class ForceRegressionTask(BaseTaskModule):
+    r"""Learn a potential energy surface: energy, forces and (optionally) stress.
+
+    A head on the atom embeddings predicts per-atom energies; the structure energy is
+
+    .. math:: E = \sum_i \left( s\, \varepsilon_i + \mu + E^{\mathrm{ref}}_{Z_i} \right),
+              \qquad \mathbf{F}_i = -\frac{\partial E}{\partial \mathbf{x}_i},
+              \qquad \sigma = \frac{1}{V} \frac{\partial E}{\partial \epsilon},
+
+    with scale ``s``, shift ``μ`` and per-element reference energies fitted from data by
+    :meth:`fit_normalizers` (or given). The stress derivative is taken through a symmetric
+    strain ``ε`` applied to positions and cell together, giving ASE's sign convention (positive
+    for a cell under tension) in eV/Å³. The encoder must compute edge vectors from
+    ``batch.pos`` and ``batch.cell`` (for example with :func:`matsci.transforms.edge_vectors`)
+    so that gradients reach them.
+
+    Targets: ``energy`` [B] (eV), ``force`` [N, 3] (eV/Å), ``stress`` [B, 3, 3] (eV/Å³) when
+    ``compute_stress``; an optional ``fixed`` [N] bool attribute leaves atoms out of the force
+    loss and metrics. Losses (MSE by default, any loss per key through ``loss_func``) compare
+    energies per atom (or totals with ``per_atom_energy_loss=False``), forces and stresses in
+    units of ``s``; weight them with ``task_loss_scaling``, e.g. ``{"energy": 1, "force": 10}``.
+    Metrics: ``energy/mae_per_atom``, ``force/mae``, ``force/rmse``,
+    ``force/cosine_similarity``, ``stress/mae``.
+
+    The autograd graph of the derivatives is kept only while training
+    (``create_graph=self.training``); validation, test and predict work under the default
+    ``Trainer``, which runs them in inference mode.
+
+    Parameters
+    ----------
+    compute_stress
+        Also predict and fit the stress (periodic structures only).
+    per_atom_energy_loss
+        Compare energies divided by the number of atoms (default), or total energies.
+    reference_energies
+        Per-element reference energies ``{Z: eV}``; fitted by :meth:`fit_normalizers` otherwise.
+    energy_scale
+        Scale ``s`` (eV) of per-atom energies; :meth:`fit_normalizers` sets it to the force RMS.
+    energy_shift
+        Shift ``μ`` (eV) added to every atom's energy.
+    **kwargs
+        Arguments of :class:`~matsci.tasks.core.BaseTaskModule` except ``task_keys`` and
+        ``normalize_kwargs`` (the keys are fixed: ``energy``, ``force`` and, with
+        ``compute_stress``, ``stress``).
+
+    Raises
+    ------
+    ValueError
+        If ``task_keys`` or ``normalize_kwargs`` is given, ``energy_scale`` is not positive, or
+        an atomic number in ``reference_energies`` is outside 1..118.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch_geometric.data import Batch, Data
+    >>> from matsci.tasks.core import Embeddings
+    >>> from matsci.tasks.physics import ForceRegressionTask
+    >>> from matsci.transforms import edge_vectors
+    >>> class PairEncoder(torch.nn.Module):
+    ...     embedding_dim = 1
+    ...     def forward(self, batch):
+    ...         _, distance = edge_vectors(batch.pos, batch.edge_index)
+    ...         per_atom = torch.zeros(len(batch.pos)).index_add(0, batch.edge_index[0],
+    ...                                                           torch.exp(-distance))
+    ...         return Embeddings(point_embedding=per_atom.unsqueeze(-1))
+    >>> task = ForceRegressionTask(encoder=PairEncoder(), output_kwargs={"hidden_dim": 4})
+    >>> pair = Data(pos=torch.tensor([[0.0, 0, 0], [1.0, 0, 0]]),
+    ...             atomic_numbers=torch.tensor([29, 29]), natoms=torch.tensor([2]),
+    ...             edge_index=torch.tensor([[0, 1], [1, 0]]))
+    >>> out = task.predict(Batch.from_data_list([pair]))
+    >>> out["energy"].shape, out["force"].shape
+    (torch.Size([1]), torch.Size([2, 3]))
+    >>> torch.allclose(out["force"].sum(0), torch.zeros(3), atol=1e-6)  # Newton's third law
+    True
+    """
+
+    default_loss = "torch.nn.MSELoss"
+
+    reference_energies: Tensor
+    energy_scale: Tensor
+    energy_shift: Tensor
+
+    def __init__(
+        self,
+        compute_stress: bool = False,
+        per_atom_energy_loss: bool = True,
+        reference_energies: Mapping[int, float] | None = None,
+        energy_scale: float = 1.0,
+        energy_shift: float = 0.0,
+        **kwargs: Any,
+    ) -> None:
+        task_keys = [keys.ENERGY, keys.FORCE] + ([keys.STRESS] if compute_stress else [])
+        if kwargs.get("task_keys") not in (None, task_keys):
+            raise ValueError(
+                f"ForceRegressionTask(task_keys={kwargs['task_keys']!r}): the keys are fixed, "
+                f"{task_keys} (stress with compute_stress=True)"
+            )
+        if kwargs.get("normalize_kwargs") is not None:
+            raise ValueError(
+                "ForceRegressionTask(normalize_kwargs=...): not an argument of this task; give "
+                "reference_energies / energy_scale or call fit_normalizers"
+            )
+        if not energy_scale > 0:
+            raise ValueError(f"ForceRegressionTask(energy_scale={energy_scale}): expected > 0")
+        self.compute_stress = compute_stress
+        self.per_atom_energy_loss = per_atom_energy_loss
+        kwargs["task_keys"] = task_keys
+        super().__init__(**kwargs)
+        table = torch.zeros(NUM_ELEMENTS, dtype=torch.get_default_dtype())
+        for number, value in (reference_energies or {}).items():
+            if not 1 <= int(number) < NUM_ELEMENTS:
+                raise ValueError(
+                    f"ForceRegressionTask(reference_energies): atomic number {number} is outside "
+                    "1..118"
+                )
+            table[int(number)] = float(value)
+        self.register_buffer("reference_energies", table)
+        self.register_buffer("energy_scale", torch.tensor(float(energy_scale)))
+        self.register_buffer("energy_shift", torch.tensor(float(energy_shift)))
+        # Buffers hold the fitted values; the constructor arguments would apply them twice.
+        self.hparams["reference_energies"] = None
+        self.hparams["energy_scale"] = 1.0
+        self.hparams["energy_shift"] = 0.0
+
+    # -- heads, targets, metrics ----------------------------------------------------------------
+
+    @override
+    def head_keys(self) -> list[str]:
+        """Only the energy has a head; forces and stress are its derivatives."""
+        return [keys.ENERGY]
+
+    @override
+    def build_head(self, key: str, output_kwargs: Mapping[str, Any]) -> nn.Module:
+        """A dense head from each atom's embedding to its (scaled) energy."""
+        return OutputHead(1, input_dim=self.embedding_width(), **output_kwargs)
+
+    @override
+    def embedding_width(self) -> int:
+        """Width of the atom embeddings the energy head reads."""
+        width: Any = self.encoder.embedding_dim
+        return width if isinstance(width, int) else int(width.count("0e"))
+
+    @override
+    def target_specs(self) -> list[AttributeSpec]:
+        """``energy`` [B], ``force`` [N, 3] and, with ``compute_stress``, ``stress`` [B, 3, 3]."""
+        specs = [
+            AttributeSpec.graph_target(keys.ENERGY, 1),
+            AttributeSpec.node_target(keys.FORCE, 3),
+        ]
+        if self.compute_stress:
+            specs.append(AttributeSpec(keys.STRESS, "graph", (3, 3)))
+            specs.append(AttributeSpec(keys.CELL, "graph", (3, 3), finite=True))
+        return specs
+
+    @override
+    def build_metrics(self, key: str) -> MetricCollection:
+        """Energy MAE per atom; force MAE, RMSE and cosine similarity; stress MAE."""
+        if key == keys.ENERGY:
+            return MetricCollection({"mae_per_atom": MeanAbsoluteError()})
+        if key == keys.FORCE:
+            return MetricCollection(
+                {
+                    "mae": MeanAbsoluteError(),
+                    "rmse": MeanSquaredError(squared=False),
+                    "cosine_similarity": CosineSimilarity(reduction="mean"),
+                }
+            )
+        return MetricCollection({"mae": MeanAbsoluteError()})
+
+    @override
+    def get_target(self, batch: Batch, key: str) -> Tensor:
+        """Targets as the losses see them: energy per atom ``[B, 1]``, forces ``[N, 3]`` (NaN
+        for fixed atoms), stress ``[B, 9]``.
+        """
+        target: Tensor = batch[key]
+        if key == keys.ENERGY:
+            energy = target.reshape(-1, 1)
+            return energy / _natoms(batch).unsqueeze(-1) if self.per_atom_energy_loss else energy
+        if key == keys.FORCE:
+            fixed = getattr(batch, FIXED, None)
+            if fixed is not None:
+                target = torch.where(fixed.reshape(-1, 1), torch.nan, target)
+            return target
+        return target.reshape(-1, 9)
+
+    @override
+    def loss_target(self, key: str, target: Tensor) -> Tensor:
+        """Targets in units of the energy scale."""
+        return target / self.energy_scale
+
+    @override
+    def to_physical(self, key: str, output: Tensor) -> Tensor:
+        """Outputs in eV (per atom for the energy), eV/Å and eV/Å³."""
+        return output * self.energy_scale
+
+    # -- the forward pass -------------------------------------------------------------------------
+
+    @override
+    def forward(self, batch: Batch) -> dict[str, Tensor]:
+        """Energy per atom, forces and stress, in units of the energy scale.
+
+        Parameters
+        ----------
+        batch
+            A batch following the data contract (with ``cell`` for stress).
+
+        Returns
+        -------
+        dict
+            ``energy`` [B, 1] (per atom, or total with ``per_atom_energy_loss=False``),
+            ``force`` [N, 3] and, with ``compute_stress``, ``stress`` [B, 9], each divided by
+            the energy scale.
+        """
+        energy, force, stress = self.energy_and_derivatives(batch)
+        if self.per_atom_energy_loss:
+            energy = energy / _natoms(batch)
+        outputs = {keys.ENERGY: energy.unsqueeze(-1) / self.energy_scale,
+                   keys.FORCE: force / self.energy_scale}  # fmt: skip
+        if stress is not None:
+            outputs[keys.STRESS] = stress.reshape(-1, 9) / self.energy_scale
+        return outputs
+
+    def energy_and_derivatives(
+        self, batch: Batch, *, keep_graph: bool | None = None
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Total energy [B] (eV), forces [N, 3] (eV/Å) and stress [B, 3, 3] (eV/Å³) or ``None``.
+
+        Works in inference mode too; the caller's batch is not changed.
+
+        Parameters
+        ----------
+        batch
+            A batch following the data contract.
+        keep_graph
+            Keep the autograd graph of the derivatives so a loss on forces can be trained;
+            default ``self.training``. Without it the outputs are detached.
+
+        Returns
+        -------
+        tuple
+            ``(energy, force, stress)``.
+        """
+        keep_graph = self.training if keep_graph is None else keep_graph
+        with gradients_enabled():
+            work = autograd_ready_copy(batch)
+            pos = work[keys.POS].detach().requires_grad_(True)
+            index = _structure_index(work)
+            inputs = [pos]
+            if self.compute_stress:
+                cell = work[keys.CELL].reshape(-1, 3, 3)
+                strain = torch.zeros_like(cell, requires_grad=True)
+                symmetric = 0.5 * (strain + strain.transpose(1, 2))
+                # x' = x (1 + ε) and cell' = cell (1 + ε): the same deformation for both.
+                work[keys.POS] = pos + torch.bmm(pos.unsqueeze(1), symmetric[index]).squeeze(1)
+                work[keys.CELL] = cell + torch.bmm(cell, symmetric)
+                inputs.append(strain)
+            else:
+                work[keys.POS] = pos
+            energy = self.total_energy(self.encoder(work), work, index)
+            gradients = torch.autograd.grad(
+                energy.sum(), inputs, create_graph=keep_graph, allow_unused=False
+            )
+        force = -gradients[0]
+        stress = None
+        if self.compute_stress:
+            volume = torch.linalg.det(work[keys.CELL].detach()).abs()
+            stress = gradients[1] / volume.reshape(-1, 1, 1)
+        if not keep_graph:
+            # Evaluation keeps no graph: the outputs are plain tensors.
+            energy, force = energy.detach(), force.detach()
+            stress = stress.detach() if stress is not None else None
+        return energy, force, stress
+
+    def total_energy(self, embeddings: Embeddings, batch: Batch, index: Tensor) -> Tensor:
+        """Sum of per-atom energies ``s ε_i + μ + E_ref[Z_i]`` per structure, [B] in eV."""
+        if embeddings.point_embedding is None:
+            raise ValueError("ForceRegressionTask: the encoder returned no point_embedding")
+        atom = self.output_heads[keys.ENERGY](embeddings.point_embedding).squeeze(-1)  # [N]
+        atom = self.energy_scale * atom + self.energy_shift
+        atom = atom + self.reference_energies[batch[keys.ATOMIC_NUMBERS]].to(atom.dtype)
+        total: Tensor = scatter(atom, index, dim=0, dim_size=_num_structures(batch), reduce="sum")
+        return total
+
+    @override
+    @torch.no_grad()
+    def predict(self, batch: Batch) -> dict[str, Tensor]:
+        """Energy [B] in eV, forces [N, 3] in eV/Å and, with ``compute_stress``, stress [B, 3, 3].
+
+        Parameters
+        ----------
+        batch
+            A batch following the data contract (targets not needed).
+
+        Returns
+        -------
+        dict
+            ``{"energy", "force"[, "stress"]}`` in physical units.
+        """
+        energy, force, stress = self.energy_and_derivatives(batch, keep_graph=False)
+        out = {keys.ENERGY: energy, keys.FORCE: force}
+        if stress is not None:
+            out[keys.STRESS] = stress
+        return out
+
+    # -- normalization -----------------------------------------------------------------------------
+
+    @override
+    @torch.no_grad()
+    def fit_normalizers(
+        self, batches: Iterable[Batch], keys_to_fit: Sequence[str] | None = None
+    ) -> None:
+        """Fit per-element reference energies (least squares) and the energy scale (force RMS).
+
+        One streaming pass; structures without an energy, and atoms without forces (NaN), are
+        skipped. Afterwards predictions of an untrained head are the reference energies, and
+        the head learns residuals in units of the typical force.
+
+        Parameters
+        ----------
+        batches
+            Batches with ``energy`` and ``force``, typically the training loader.
+        keys_to_fit
+            ``["energy"]`` (references only), ``["force"]`` (scale only) or both (default).
+
+        Raises
+        ------
+        ValueError
+            If no energy or no finite force was seen.
+        """
+        fit_keys = set(keys_to_fit or [keys.ENERGY, keys.FORCE])
+        references = ReferenceEnergyFit()
+        square_sum, count = 0.0, 0
+        for batch in batches:
+            if keys.ENERGY in fit_keys:
+                references.update(batch[keys.ATOMIC_NUMBERS], _structure_index(batch),
+                                  batch[keys.ENERGY])  # fmt: skip
+            if keys.FORCE in fit_keys:
+                force = batch[keys.FORCE].double()
+                present = ~torch.isnan(force)
+                square_sum += float(force[present].square().sum())
+                count += int(present.sum())
+        if keys.ENERGY in fit_keys:
+            self.reference_energies.copy_(references.solve())
+            self.energy_shift.zero_()
+        if keys.FORCE in fit_keys:
+            if count == 0 or square_sum == 0.0:
+                raise ValueError("ForceRegressionTask.fit_normalizers: no non-zero force seen")
+            self.energy_scale.fill_((square_sum / count) ** 0.5)
+
+
+def _structure_index(batch: Batch) -> Tensor:
+    index = getattr(batch, keys.BATCH, None)
+    if index is None:
+        return torch.zeros(len(batch[keys.POS]), dtype=torch.long, device=batch[keys.POS].device)
+    return index  # type: ignore[no-any-return]
+
+
+def _num_structures(batch: Batch) -> int:
+    return int(getattr(batch, "num_graphs", 1))
+
+
+def _natoms(batch: Batch) -> Tensor:
+    natoms = getattr(batch, keys.NATOMS, None)
+    if natoms is None:
+        index = _structure_index(batch)
+        natoms = torch.bincount(index, minlength=_num_structures(batch))
+    return natoms.reshape(-1).to(batch[keys.POS].dtype)

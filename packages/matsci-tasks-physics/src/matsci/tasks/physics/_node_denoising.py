@@ -1,0 +1,133 @@
+"""Denoising pretraining: predict the noise that was added to atomic positions."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from typing import Any
+
+from torch import Tensor, nn
+from torch_geometric.data import Batch
+from torchmetrics import MeanAbsoluteError, MetricCollection
+from typing_extensions import override
+
+from matsci.heads import OutputHead
+from matsci.tasks.core import AttributeSpec, BaseTaskModule
+from matsci.transforms import keys
+
+_NO_NOISY_POSITIONS = (
+    "NodeDenoisingTask: the batch has no 'noisy_pos'; add "
+    "matsci.transforms.NoisyPositions(scale=...) to the dataset's transforms"
+)
+
+
+class NodeDenoisingTask(BaseTaskModule):
+    """Pretrain an encoder by predicting, for every atom, the noise added to its position.
+
+    Needs the :class:`~matsci.transforms.NoisyPositions` transform, which writes the noisy
+    positions ``noisy_pos`` [N, 3] and the target ``denoise`` [N, 3]. The encoder runs on the
+    noisy positions only, through a copy of the batch: clean positions are never shown to it,
+    and the caller's batch is not changed. MSE loss; metric ``denoise/mae``. After
+    pretraining, start another task from the encoder with
+    :meth:`~matsci.tasks.core.BaseTaskModule.from_pretrained_encoder`.
+
+    Parameters
+    ----------
+    **kwargs
+        Arguments of :class:`~matsci.tasks.core.BaseTaskModule`; ``task_keys`` defaults to
+        ``["denoise"]``.
+
+    Raises
+    ------
+    ValueError
+        If ``task_keys`` is other than ``["denoise"]``; at the first batch, if ``noisy_pos`` is
+        missing (the message says to add ``NoisyPositions``).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch_geometric.data import Batch, Data
+    >>> from matsci.tasks.core import Embeddings
+    >>> from matsci.tasks.physics import NodeDenoisingTask
+    >>> from matsci.transforms import NoisyPositions
+    >>> class PositionEncoder(torch.nn.Module):
+    ...     embedding_dim = 3
+    ...     def forward(self, batch):
+    ...         return Embeddings(point_embedding=batch.pos)
+    >>> task = NodeDenoisingTask(encoder=PositionEncoder())
+    >>> data = NoisyPositions(scale=0.1)(Data(pos=torch.rand(4, 3),
+    ...     atomic_numbers=torch.full((4,), 6), natoms=torch.tensor([4])))
+    >>> task.predict(Batch.from_data_list([data]))["denoise"].shape
+    torch.Size([4, 3])
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("task_keys", [keys.DENOISE])
+        if list(kwargs["task_keys"]) != [keys.DENOISE]:
+            raise ValueError(
+                f"NodeDenoisingTask(task_keys={kwargs['task_keys']!r}): the only key is "
+                f"{[keys.DENOISE]}"
+            )
+        super().__init__(**kwargs)
+
+    @override
+    def build_head(self, key: str, output_kwargs: Mapping[str, Any]) -> nn.Module:
+        """A dense head from each atom's embedding to its 3 noise components."""
+        width: Any = self.encoder.embedding_dim
+        return OutputHead(3, input_dim=width, **output_kwargs)
+
+    @override
+    def forward(self, batch: Batch) -> dict[str, Tensor]:
+        """Predicted noise [N, 3], from the encoder run on ``noisy_pos``.
+
+        Parameters
+        ----------
+        batch
+            A batch with ``noisy_pos``.
+
+        Returns
+        -------
+        dict
+            ``{"denoise": [N, 3]}``.
+
+        Raises
+        ------
+        ValueError
+            If ``noisy_pos`` is missing.
+        """
+        noisy = getattr(batch, keys.NOISY_POS, None)
+        if noisy is None:
+            raise ValueError(_NO_NOISY_POSITIONS)
+        # A shallow copy: the encoder sees noisy positions, the caller's batch keeps clean ones.
+        work = copy.copy(batch)
+        work[keys.POS] = noisy
+        embeddings = self.encoder(work)
+        if embeddings.point_embedding is None:
+            raise ValueError("NodeDenoisingTask: the encoder returned no point_embedding")
+        return {keys.DENOISE: self.output_heads[keys.DENOISE](embeddings.point_embedding)}
+
+    @override
+    def get_target(self, batch: Batch, key: str) -> Tensor:
+        """The noise [N, 3] written by ``NoisyPositions``."""
+        target: Tensor = batch[key]
+        return target
+
+    @override
+    def target_specs(self) -> list[AttributeSpec]:
+        """``noisy_pos`` and ``denoise``: float [N, 3]."""
+        return [
+            AttributeSpec(keys.NOISY_POS, "node", (3,), finite=True),
+            AttributeSpec.node_target(keys.DENOISE, 3),
+        ]
+
+    @override
+    def check_batch(self, batch: Batch, *, with_targets: bool = True) -> None:
+        """Check the batch, first for ``noisy_pos`` with advice on how to get it."""
+        if getattr(batch, keys.NOISY_POS, None) is None:
+            raise ValueError(_NO_NOISY_POSITIONS)
+        super().check_batch(batch, with_targets=with_targets)
+
+    @override
+    def build_metrics(self, key: str) -> MetricCollection:
+        """MAE of the predicted noise."""
+        return MetricCollection({"mae": MeanAbsoluteError()})

@@ -1,0 +1,291 @@
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from physics_helpers import (
+    SmoothEncoder,
+    central_difference,
+    random_crystal,
+    trainer,
+    with_targets,
+)
+from torch import Tensor, nn
+from torch_geometric.data import Batch, Data
+from torch_geometric.loader import DataLoader
+
+from matsci.tasks.core import Embeddings
+from matsci.tasks.physics import ForceRegressionTask
+from matsci.transforms import PeriodicRadiusGraph, edge_vectors
+
+
+def _task(compute_stress: bool = True, **kwargs: Any) -> ForceRegressionTask:
+    task = ForceRegressionTask(
+        encoder_class=SmoothEncoder, encoder_kwargs={"embedding_dim": 8},
+        compute_stress=compute_stress, output_kwargs={"hidden_dim": 16}, **kwargs,
+    )  # fmt: skip
+    return task.double().eval()
+
+
+def _energy_at(task: ForceRegressionTask, data: Data, pos: Tensor, cell: Tensor) -> float:
+    moved = data.clone()
+    moved.pos, moved.cell = pos, cell
+    energy, _, _ = task.energy_and_derivatives(Batch.from_data_list([moved]))
+    return float(energy.sum())
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_forces_are_the_negative_gradient_of_the_energy(seed: int) -> None:
+    task = _task()
+    data = random_crystal(seed)
+    _, force, _ = task.energy_and_derivatives(Batch.from_data_list([data]))
+    numerical = -central_difference(lambda p: _energy_at(task, data, p, data.cell), data.pos)
+    torch.testing.assert_close(force, numerical, rtol=1e-6, atol=1e-8)
+    assert float(force.abs().max()) > 1e-3  # not trivially zero
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_stress_is_the_strain_derivative_over_volume(seed: int) -> None:
+    task = _task()
+    data = random_crystal(seed)
+    _, _, stress = task.energy_and_derivatives(Batch.from_data_list([data]))
+    assert stress is not None
+    cell = data.cell[0]
+    volume = float(torch.linalg.det(cell).abs())
+
+    def strained_energy(strain: Tensor) -> float:
+        deformation = torch.eye(3, dtype=torch.float64) + 0.5 * (strain + strain.T)
+        return _energy_at(task, data, data.pos @ deformation, (cell @ deformation).unsqueeze(0))
+
+    numerical = central_difference(strained_energy, torch.zeros(3, 3, dtype=torch.float64)) / volume
+    symmetric = 0.5 * (numerical + numerical.T)
+    torch.testing.assert_close(stress[0], symmetric, rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(stress[0], stress[0].T)
+
+
+class LennardJonesEncoder(nn.Module):
+    """A fixed analytic model: each atom's 'embedding' is half its Lennard-Jones pair energy."""
+
+    embedding_dim = 1
+
+    def __init__(self, epsilon: float = 0.2, sigma: float = 1.1, cutoff: float = 3.0) -> None:
+        super().__init__()
+        self.epsilon, self.sigma, self.cutoff = epsilon, sigma, cutoff
+
+    def forward(self, batch: Batch) -> Embeddings:
+        _, d = edge_vectors(
+            batch.pos, batch.edge_index, batch.cell, batch.cell_offsets, batch.batch
+        )
+
+        def lj(r: Tensor | float) -> Tensor:
+            return 4 * self.epsilon * ((self.sigma / r) ** 12 - (self.sigma / r) ** 6)  # type: ignore[return-value]
+
+        pair = lj(d) - lj(self.cutoff)  # shifted at the cutoff, as ASE's LennardJones does
+        atom = torch.zeros(len(batch.pos), dtype=d.dtype).index_add(
+            0, batch.edge_index[0], 0.5 * pair
+        )
+        return Embeddings(point_embedding=atom.unsqueeze(-1))
+
+
+def test_sign_and_units_match_ase_for_an_analytic_pair_potential() -> None:
+    ase = pytest.importorskip("ase")
+    from ase.build import bulk
+    from ase.calculators.lj import LennardJones
+
+    atoms = bulk("Cu", "fcc", a=1.6, cubic=True).repeat((2, 2, 2))
+    atoms.rattle(0.05, seed=1)
+    atoms.set_cell(atoms.cell * 1.02, scale_atoms=True)
+    atoms.calc = LennardJones(epsilon=0.2, sigma=1.1, rc=3.0, smooth=False)
+    data = Data(
+        pos=torch.tensor(atoms.positions), atomic_numbers=torch.tensor(atoms.numbers),
+        natoms=torch.tensor([len(atoms)]), cell=torch.tensor(atoms.cell.array).unsqueeze(0),
+        pbc=torch.ones(1, 3, dtype=torch.bool),
+    )  # fmt: skip
+    data = PeriodicRadiusGraph(cutoff=3.0)(data)
+    task = ForceRegressionTask(encoder=LennardJonesEncoder(), compute_stress=True).double().eval()
+    task.output_heads["energy"] = nn.Identity()  # the model is exactly the pair potential
+    energy, force, stress = task.energy_and_derivatives(Batch.from_data_list([data]))
+    assert stress is not None
+    assert float(energy) == pytest.approx(atoms.get_potential_energy(), rel=1e-10)
+    torch.testing.assert_close(force, torch.tensor(atoms.get_forces()), rtol=1e-8, atol=1e-10)
+    torch.testing.assert_close(
+        stress[0], torch.tensor(atoms.get_stress(voigt=False)), rtol=1e-8, atol=1e-10
+    )
+    assert ase.__version__
+
+
+def test_translation_invariance_and_permutation_equivariance() -> None:
+    task = _task(compute_stress=False)
+    data = random_crystal(4, n_atoms=5)
+    energy, force, _ = task.energy_and_derivatives(Batch.from_data_list([data]))
+    shifted = data.clone()
+    shifted.pos = data.pos + torch.tensor([0.3, -1.2, 2.5], dtype=torch.float64)
+    energy_t, force_t, _ = task.energy_and_derivatives(Batch.from_data_list([shifted]))
+    torch.testing.assert_close(energy_t, energy)
+    torch.testing.assert_close(force_t, force)
+    order = torch.tensor([3, 0, 4, 1, 2])
+    permuted = Data(
+        pos=data.pos[order], atomic_numbers=data.atomic_numbers[order], natoms=data.natoms,
+        cell=data.cell, pbc=data.pbc,
+    )  # fmt: skip
+    permuted = PeriodicRadiusGraph(cutoff=3.5)(permuted)
+    energy_p, force_p, _ = task.energy_and_derivatives(Batch.from_data_list([permuted]))
+    torch.testing.assert_close(energy_p, energy)
+    torch.testing.assert_close(force_p, force[order])
+
+
+def test_batched_equals_one_at_a_time() -> None:
+    task = _task()
+    structures = [random_crystal(seed, n_atoms=3 + seed) for seed in range(3)]
+    energy, force, stress = task.energy_and_derivatives(Batch.from_data_list(structures))
+    offset = 0
+    for index, data in enumerate(structures):
+        e, f, s = task.energy_and_derivatives(Batch.from_data_list([data]))
+        torch.testing.assert_close(energy[index : index + 1], e)
+        torch.testing.assert_close(force[offset : offset + len(data.pos)], f)
+        assert stress is not None
+        assert s is not None
+        torch.testing.assert_close(stress[index : index + 1], s)
+        offset += len(data.pos)
+
+
+def _dataset(count: int = 24) -> list[Data]:
+    return [with_targets(random_crystal(seed)) for seed in range(count)]
+
+
+def test_validate_test_predict_under_default_trainer_give_manual_forces() -> None:
+    task = _task()
+    structures = _dataset(6)
+    loader = DataLoader(structures, batch_size=3)
+    manual = [task.predict(batch) for batch in loader]
+    predicted = trainer().predict(task, loader)
+    assert predicted is not None
+    for mine, theirs in zip(manual, predicted, strict=True):
+        for key in ("energy", "force", "stress"):
+            torch.testing.assert_close(theirs[key], mine[key])  # type: ignore[index]
+            assert not theirs[key].requires_grad  # type: ignore[index]
+    validated = trainer().validate(task, loader, verbose=False)[0]
+    tested = trainer().test(task, loader, verbose=False)[0]
+    all_forces = torch.cat([out["force"] for out in manual])
+    assert validated["val/force/mae"] == pytest.approx(float(all_forces.abs().mean()), rel=1e-5)
+    assert tested["test/force/mae"] == pytest.approx(validated["val/force/mae"], rel=1e-9)
+    assert {"val/energy/mae_per_atom", "val/force/rmse", "val/force/cosine_similarity",
+            "val/stress/mae"} <= set(validated)  # fmt: skip
+
+
+def test_caller_batch_is_not_changed() -> None:
+    task = _task()
+    batch = Batch.from_data_list(_dataset(2))
+    before = {key: value.clone() for key, value in batch.items() if isinstance(value, Tensor)}
+    task.train()
+    task.compute_losses(task(batch), batch)
+    for key, value in before.items():
+        assert torch.equal(batch[key], value), key
+        assert not batch[key].requires_grad, key
+
+
+def test_training_keeps_graph_and_evaluation_does_not() -> None:
+    task = _task()
+    batch = Batch.from_data_list(_dataset(2))
+    task.train()
+    outputs = task(batch)
+    assert outputs["force"].requires_grad  # create_graph: forces can be trained
+    task.eval()
+    with torch.inference_mode():
+        outputs = task(batch)
+    assert not outputs["force"].requires_grad
+
+
+def _saved_bytes(step: Any) -> int:
+    total = 0
+
+    def pack(tensor: Tensor) -> Tensor:
+        nonlocal total
+        total += tensor.numel() * tensor.element_size()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        step()
+    return total
+
+
+def test_predict_step_saves_less_for_autograd_than_a_training_step() -> None:
+    task = _task()
+    batch = Batch.from_data_list(_dataset(4))
+    task.train()
+    training = _saved_bytes(lambda: task.compute_losses(task(batch), batch)[0].backward())
+    task.eval()
+    predicting = _saved_bytes(lambda: task.predict(batch))
+    assert predicting < 0.6 * training, (predicting, training)
+
+
+def test_fit_normalizers_recovers_reference_energies_and_force_rms() -> None:
+    structures = _dataset(12)
+    references = {1: -2.5, 2: -1.0, 3: -7.25}
+    for data in structures:
+        data.energy = torch.tensor([sum(references[int(z)] for z in data.atomic_numbers)])
+        data.force = torch.full_like(data.pos, 0.3)
+    task = _task()
+    task.fit_normalizers(DataLoader(structures, batch_size=5))
+    for number, value in references.items():
+        assert float(task.reference_energies[number]) == pytest.approx(value, abs=1e-8)
+    assert float(task.energy_scale) == pytest.approx(0.3)
+
+
+def test_fixed_atoms_are_left_out_of_the_force_loss() -> None:
+    task = _task(compute_stress=False)
+    batch = Batch.from_data_list(_dataset(2))
+    outputs = task(batch)
+    _, losses = task.compute_losses(outputs, batch)
+    batch.fixed = torch.zeros(batch.num_nodes, dtype=torch.bool)
+    batch.fixed[:3] = True
+    batch.force[:3] = 1e6  # would dominate the loss if it were used
+    _, masked = task.compute_losses(outputs, batch)
+    free = outputs["force"][3:]
+    torch.testing.assert_close(masked["force"], (free**2).mean())
+    assert masked["force"] < losses["force"] * 10
+
+
+def _float32(data: Data) -> Data:
+    return data.apply(lambda t: t.float() if t.is_floating_point() else t)
+
+
+def test_checkpoint_round_trip(tmp_path: Path) -> None:
+    task = _task().train()  # Lightning keeps the mode a module is given in
+    structures = _dataset(8)
+    for data in structures:
+        data.force = torch.randn_like(data.pos)
+    task.fit_normalizers(DataLoader(structures, batch_size=4))
+    run = trainer(max_steps=2, default_root_dir=tmp_path)
+    single = [_float32(d) for d in structures]
+    run.fit(task.float(), DataLoader(single, batch_size=4))
+    path = tmp_path / "force.ckpt"
+    run.save_checkpoint(path)
+    reloaded = ForceRegressionTask.load_from_checkpoint(path).eval()
+    batch = Batch.from_data_list([single[0]])
+    task.eval()
+    for key, value in task.predict(batch).items():
+        assert torch.equal(reloaded.predict(batch)[key], value), key
+    assert torch.equal(reloaded.reference_energies, task.reference_energies)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"task_keys": ["energy"]}, "the keys are fixed"),
+        ({"normalize_kwargs": {"energy": {}}}, "normalize_kwargs=...\\): not an argument"),
+        ({"energy_scale": 0.0}, "energy_scale=0.0"),
+        ({"reference_energies": {0: 1.0}}, "atomic number 0 is outside"),
+    ],
+)
+def test_bad_arguments(kwargs: dict[str, Any], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        ForceRegressionTask(encoder_class=SmoothEncoder, **kwargs)
+
+
+def test_missing_forces_are_a_clear_error() -> None:
+    task = _task()
+    data = random_crystal(0)
+    data.energy = torch.tensor([1.0], dtype=torch.float64)
+    with pytest.raises(ValueError, match="force"):
+        task.check_batch(Batch.from_data_list([data]))

@@ -1,7 +1,0 @@
-import importlib.metadata
-
-import matsci.tasks.physics as package
-
-
-def test_version_matches_distribution_metadata() -> None:
-    assert package.__version__ == importlib.metadata.version("matsci-tasks-physics")
