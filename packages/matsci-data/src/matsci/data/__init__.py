@@ -2,6 +2,21 @@
 
 from importlib.metadata import version as _version
 
+from matsci.data._convert import atoms_to_data, data_to_atoms
+from matsci.data._datamodule import AtomsDataModule
+from matsci.data._datasets import AseDbDataset, ExtxyzDataset
+from matsci.data._statistics import DatasetStatistics, compute_statistics, fit_reference_energies
+
 __version__ = _version("matsci-data")
 
-__all__: list[str] = ["__version__"]
+__all__: list[str] = [
+    "AseDbDataset",
+    "AtomsDataModule",
+    "DatasetStatistics",
+    "ExtxyzDataset",
+    "__version__",
+    "atoms_to_data",
+    "compute_statistics",
+    "data_to_atoms",
+    "fit_reference_energies",
+]

@@ -23,6 +23,8 @@ NATOMS: Final = "natoms"
 """[B] long, atoms per structure (``[1]`` per structure)."""
 BATCH: Final = "batch"
 """[N] long, index of each atom's structure, added by PyG when collating."""
+STRUCTURE_ID: Final = "structure_id"
+"""[B] long, the row id (database) or frame index (file) of each structure, to trace bad data."""
 NOISY_POS: Final = "noisy_pos"
 """[N, 3] float, positions with noise added by ``NoisyPositions``."""
 

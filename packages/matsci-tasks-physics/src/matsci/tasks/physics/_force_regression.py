@@ -193,8 +193,10 @@ class ForceRegressionTask(BaseTaskModule):
 
     @override
     def get_target(self, batch: Batch, key: str) -> Tensor:
-        """Targets as the losses see them: energy per atom ``[B, 1]``, forces ``[N, 3]`` (NaN
-        for fixed atoms), stress ``[B, 9]``.
+        """Targets as the losses see them.
+
+        Energy per atom ``[B, 1]`` (or total), forces ``[N, 3]`` (NaN for fixed atoms), stress
+        ``[B, 9]``.
         """
         target: Tensor = batch[key]
         if key == keys.ENERGY:
@@ -247,9 +249,10 @@ class ForceRegressionTask(BaseTaskModule):
     def energy_and_derivatives(
         self, batch: Batch, *, keep_graph: bool | None = None
     ) -> tuple[Tensor, Tensor, Tensor | None]:
-        """Total energy [B] (eV), forces [N, 3] (eV/Å) and stress [B, 3, 3] (eV/Å³) or ``None``.
+        """Total energy, forces and stress (or ``None``) in eV, eV/Å and eV/Å³.
 
-        Works in inference mode too; the caller's batch is not changed.
+        Shapes [B], [N, 3] and [B, 3, 3]. Works in inference mode too; the caller's batch is
+        not changed.
 
         Parameters
         ----------

@@ -1,0 +1,5 @@
+import sys
+from pathlib import Path
+
+# Reuse the physics package's small smooth test encoder rather than writing a second one.
+sys.path.insert(0, str(Path(__file__).parents[1] / "packages" / "matsci-tasks-physics" / "tests"))
