@@ -289,3 +289,27 @@ def test_missing_forces_are_a_clear_error() -> None:
     data.energy = torch.tensor([1.0], dtype=torch.float64)
     with pytest.raises(ValueError, match="force"):
         task.check_batch(Batch.from_data_list([data]))
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"gradient_clip_val": 1e-3, "accumulate_grad_batches": 2},
+        {"precision": "bf16-mixed"},
+    ],
+    ids=["clip-accumulate", "bf16-mixed"],
+)
+def test_trainer_features_apply_to_force_training(options: dict[str, Any]) -> None:
+    structures = [_float32(data) for data in _dataset(8)]
+    for data in structures:
+        data.force = torch.randn_like(data.pos)
+    task = ForceRegressionTask(
+        encoder_class=SmoothEncoder, encoder_kwargs={"embedding_dim": 8}, compute_stress=True
+    )
+    before = {name: p.detach().clone() for name, p in task.named_parameters()}
+    run = trainer(max_steps=2, **options)
+    run.fit(task, DataLoader(structures, batch_size=2))
+    assert run.global_step == 2
+    changed = [n for n, p in task.named_parameters() if not torch.equal(before[n], p)]
+    assert changed, "no parameter was updated"
+    assert all(torch.isfinite(p).all() for p in task.parameters())
