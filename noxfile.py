@@ -19,6 +19,7 @@ PACKAGES = sorted(path.name for path in (ROOT / "packages").iterdir() if path.is
 EXTRAS = {"matsci-heads": ["e3nn"]}
 IMPORT_PATHS = {
     "matsci-data": "matsci.data",
+    "matsci-encoders": "matsci.encoders",
     "matsci-heads": "matsci.heads",
     "matsci-transforms": "matsci.transforms",
     "matsci-tasks-core": "matsci.tasks.core",

@@ -7,8 +7,8 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 from torch_geometric.data import Batch, Data
 
-from matsci.transforms import keys
 from matsci.tasks.core._schema import STRUCTURE_SPECS, AttributeSpec, validate_batch
+from matsci.transforms import keys
 
 CONTEXT = "ScalarRegressionTask"
 ENERGY = AttributeSpec.graph_target(keys.ENERGY)

@@ -6,7 +6,6 @@ against targets, logs metrics and trains with PyTorch Lightning.
 
 from importlib.metadata import version as _version
 
-from matsci.transforms import keys
 from matsci.tasks.core._base_task import DEFAULT_OUTPUT_KWARGS, BaseTaskModule
 from matsci.tasks.core._binary_classification import BinaryClassificationTask
 from matsci.tasks.core._config import (
@@ -29,6 +28,7 @@ from matsci.tasks.core._optim import (
 )
 from matsci.tasks.core._scalar_regression import ScalarRegressionTask
 from matsci.tasks.core._schema import STRUCTURE_SPECS, AttributeSpec, validate_batch
+from matsci.transforms import keys
 
 __version__ = _version("matsci-tasks-core")
 

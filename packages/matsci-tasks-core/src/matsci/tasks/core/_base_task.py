@@ -14,7 +14,7 @@ from torch_geometric.utils import scatter
 from torchmetrics import MetricCollection
 from typing_extensions import override
 
-from matsci.transforms import keys
+from matsci.heads import OutputHead
 from matsci.tasks.core._config import (
     ClassConfig,
     build_from_config,
@@ -33,6 +33,7 @@ from matsci.tasks.core._optim import (
     optimizer_path,
 )
 from matsci.tasks.core._schema import STRUCTURE_SPECS, AttributeSpec, validate_batch
+from matsci.transforms import keys
 
 Stage = Literal["train", "val", "test"]
 Reduction = Literal["mean", "sum", "max"]
@@ -575,6 +576,50 @@ class BaseTaskModule(pl.LightningModule):
             return width
         return int(sum(mul for mul, ir in width if str(ir) == "0e"))
 
+    def point_head(self, output_dim: int, output_kwargs: Mapping[str, Any]) -> nn.Module:
+        """A head on the atom embeddings with ``output_dim`` outputs per atom (1 or 3).
+
+        For an encoder whose ``embedding_dim`` is an int this is a dense
+        :class:`~matsci.heads.OutputHead`. For irreps it is an equivariant head of
+        :class:`~matsci.heads.IrrepOutputBlock` s: one ``0e`` scalar, or one ``1o`` vector
+        returned in Cartesian (x, y, z) order, so vector outputs rotate with the structure. Its
+        hidden irreps are ``output_kwargs["hidden_irreps"]`` (default ``"{hidden_dim}x0e +
+        {hidden_dim / 4}x1o"``).
+
+        Parameters
+        ----------
+        output_dim
+            1 (a scalar per atom) or 3 (a vector per atom).
+        output_kwargs
+            Head settings (see :data:`DEFAULT_OUTPUT_KWARGS`).
+
+        Returns
+        -------
+        torch.nn.Module
+            Maps ``[N, embedding]`` to ``[N, output_dim]``.
+
+        Raises
+        ------
+        ValueError
+            If irreps heads are asked for another ``output_dim``.
+        """
+        width: Any = self.encoder.embedding_dim
+        if isinstance(width, int):
+            return OutputHead(output_dim, input_dim=width, **output_kwargs)
+        if output_dim not in (1, 3):
+            raise ValueError(
+                f"{type(self).__name__}: irreps heads give 1 scalar or 3 vector components per "
+                f"atom, not {output_dim}"
+            )
+        options = dict(output_kwargs)
+        hidden = int(options.pop("hidden_dim", 128))
+        hidden_irreps = options.pop("hidden_irreps", f"{hidden}x0e+{max(hidden // 4, 1)}x1o")
+        head = OutputHead(
+            "1x0e" if output_dim == 1 else "1x1o", hidden_irreps, input_dim=width,
+            block_type="IrrepOutputBlock", **options,
+        )  # fmt: skip
+        return head if output_dim == 1 else _CartesianVector(head)
+
     # -- checkpoints ---------------------------------------------------------------------------
 
     @classmethod
@@ -694,6 +739,18 @@ def _build_encoder(
     # A class defined in a function cannot be imported again: such a task reloads only with
     # load_from_checkpoint(path, encoder=...).
     return encoder, (None if local else class_path(type(encoder)))
+
+
+class _CartesianVector(nn.Module):
+    """Reorder an e3nn ``1o`` output from e3nn's (y, z, x) basis to Cartesian (x, y, z)."""
+
+    def __init__(self, head: nn.Module) -> None:
+        super().__init__()
+        self.head = head
+
+    def forward(self, features: Tensor) -> Tensor:
+        out: Tensor = self.head(features)
+        return out[..., [2, 0, 1]]
 
 
 def _plain_output_kwargs(output_kwargs: dict[str, Any]) -> dict[str, Any]:

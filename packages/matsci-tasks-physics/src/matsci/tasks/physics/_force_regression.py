@@ -12,7 +12,6 @@ from torch_geometric.utils import scatter
 from torchmetrics import CosineSimilarity, MeanAbsoluteError, MeanSquaredError, MetricCollection
 from typing_extensions import override
 
-from matsci.heads import OutputHead
 from matsci.tasks.core import AttributeSpec, BaseTaskModule, Embeddings
 from matsci.tasks.physics._autograd import autograd_ready_copy, gradients_enabled
 from matsci.tasks.physics._reference_energies import NUM_ELEMENTS, ReferenceEnergyFit
@@ -156,13 +155,7 @@ class ForceRegressionTask(BaseTaskModule):
     @override
     def build_head(self, key: str, output_kwargs: Mapping[str, Any]) -> nn.Module:
         """A dense head from each atom's embedding to its (scaled) energy."""
-        return OutputHead(1, input_dim=self.embedding_width(), **output_kwargs)
-
-    @override
-    def embedding_width(self) -> int:
-        """Width of the atom embeddings the energy head reads."""
-        width: Any = self.encoder.embedding_dim
-        return width if isinstance(width, int) else int(width.count("0e"))
+        return self.point_head(1, output_kwargs)
 
     @override
     def target_specs(self) -> list[AttributeSpec]:

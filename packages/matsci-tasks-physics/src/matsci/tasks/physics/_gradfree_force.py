@@ -10,7 +10,6 @@ from torch_geometric.data import Batch
 from torchmetrics import CosineSimilarity, MeanAbsoluteError, MeanSquaredError, MetricCollection
 from typing_extensions import override
 
-from matsci.heads import OutputHead
 from matsci.tasks.core import AttributeSpec, BaseTaskModule, Embeddings
 from matsci.transforms import keys
 
@@ -65,8 +64,7 @@ class GradFreeForceRegression(BaseTaskModule):
     @override
     def build_head(self, key: str, output_kwargs: Mapping[str, Any]) -> nn.Module:
         """A dense head from each atom's embedding to its force."""
-        width: Any = self.encoder.embedding_dim
-        return OutputHead(3, input_dim=width, **output_kwargs)
+        return self.point_head(3, output_kwargs)
 
     @override
     def compute_outputs(self, embeddings: Embeddings, batch: Batch) -> dict[str, Tensor]:

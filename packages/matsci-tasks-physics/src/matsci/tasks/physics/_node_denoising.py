@@ -11,7 +11,6 @@ from torch_geometric.data import Batch
 from torchmetrics import MeanAbsoluteError, MetricCollection
 from typing_extensions import override
 
-from matsci.heads import OutputHead
 from matsci.tasks.core import AttributeSpec, BaseTaskModule
 from matsci.transforms import keys
 
@@ -73,8 +72,7 @@ class NodeDenoisingTask(BaseTaskModule):
     @override
     def build_head(self, key: str, output_kwargs: Mapping[str, Any]) -> nn.Module:
         """A dense head from each atom's embedding to its 3 noise components."""
-        width: Any = self.encoder.embedding_dim
-        return OutputHead(3, input_dim=width, **output_kwargs)
+        return self.point_head(3, output_kwargs)
 
     @override
     def forward(self, batch: Batch) -> dict[str, Tensor]:
