@@ -104,6 +104,9 @@ class BaseTaskModule(pl.LightningModule):
     default_loss: ClassVar[str] = "torch.nn.MSELoss"
     """Dotted name of the loss used when ``loss_func`` is ``None``."""
 
+    fixed_task_keys: ClassVar[tuple[str, ...] | None] = None
+    """The only ``task_keys`` of tasks that predict a fixed target (the default for them)."""
+
     def __init__(
         self,
         encoder: nn.Module | None = None,
@@ -513,6 +516,11 @@ class BaseTaskModule(pl.LightningModule):
 
     def _check_task_keys(self, task_keys: Sequence[str] | None) -> list[str]:
         name = type(self).__name__
+        fixed = self.fixed_task_keys
+        if fixed is not None:
+            if task_keys is not None and list(task_keys) != list(fixed):
+                raise ValueError(f"{name}(task_keys={task_keys!r}): the only key is {list(fixed)}")
+            task_keys = list(fixed)
         if task_keys is None or isinstance(task_keys, str) or len(task_keys) == 0:
             raise ValueError(f"{name}(task_keys={task_keys!r}): expected a non-empty list of keys")
         ordered = list(task_keys)

@@ -61,6 +61,7 @@ class CrystalSymmetryClassificationTask(BaseTaskModule):
     """
 
     default_loss = "torch.nn.CrossEntropyLoss"
+    fixed_task_keys = (keys.SPACEGROUP,)
 
     def __init__(
         self,
@@ -68,12 +69,6 @@ class CrystalSymmetryClassificationTask(BaseTaskModule):
         label_smoothing: float = 0.0,
         **kwargs: Any,
     ) -> None:
-        kwargs.setdefault("task_keys", [keys.SPACEGROUP])
-        if list(kwargs["task_keys"]) != [keys.SPACEGROUP]:
-            raise ValueError(
-                f"CrystalSymmetryClassificationTask(task_keys={kwargs['task_keys']!r}): the only "
-                f"key is {[keys.SPACEGROUP]}"
-            )
         if class_weights is not None or label_smoothing:
             if kwargs.get("loss_func") is not None:
                 raise ValueError(

@@ -52,14 +52,7 @@ class GradFreeForceRegression(BaseTaskModule):
     torch.Size([5, 3])
     """
 
-    def __init__(self, **kwargs: Any) -> None:
-        kwargs.setdefault("task_keys", [keys.FORCE])
-        if list(kwargs["task_keys"]) != [keys.FORCE]:
-            raise ValueError(
-                f"GradFreeForceRegression(task_keys={kwargs['task_keys']!r}): the only key is "
-                f"{[keys.FORCE]}"
-            )
-        super().__init__(**kwargs)
+    fixed_task_keys = (keys.FORCE,)
 
     @override
     def build_head(self, key: str, output_kwargs: Mapping[str, Any]) -> nn.Module:

@@ -60,14 +60,7 @@ class NodeDenoisingTask(BaseTaskModule):
     torch.Size([4, 3])
     """
 
-    def __init__(self, **kwargs: Any) -> None:
-        kwargs.setdefault("task_keys", [keys.DENOISE])
-        if list(kwargs["task_keys"]) != [keys.DENOISE]:
-            raise ValueError(
-                f"NodeDenoisingTask(task_keys={kwargs['task_keys']!r}): the only key is "
-                f"{[keys.DENOISE]}"
-            )
-        super().__init__(**kwargs)
+    fixed_task_keys = (keys.DENOISE,)
 
     @override
     def build_head(self, key: str, output_kwargs: Mapping[str, Any]) -> nn.Module:
