@@ -1,3 +1,4 @@
+import io
 from pathlib import Path
 
 import ase.db
@@ -9,6 +10,7 @@ from torch_geometric.data import Data
 
 from matsci.data._datamodule import AtomsDataModule
 from matsci.data._datasets import AseDbDataset
+from matsci.data.examples import bundled_dataset_path
 from matsci.transforms import keys as K
 from matsci.transforms.keys import STRUCTURE_ID
 
@@ -164,3 +166,13 @@ def test_bad_arguments(db_path: Path, tmp_path: Path) -> None:
         AtomsDataModule(unknown)
     with pytest.raises(RuntimeError, match=r"call setup\(\) before train_dataloader\(\)"):
         AtomsDataModule(db_path).train_dataloader()
+
+
+def test_hyperparameters_are_plain_data_for_weights_only_checkpoints() -> None:
+    module = AtomsDataModule(bundled_dataset_path("emt"), keys=("energy",), split=(0.5, 0.5, 0))
+    buffer = io.BytesIO()
+    torch.save(dict(module.hparams), buffer)
+    buffer.seek(0)
+    restored = torch.load(buffer, weights_only=True)
+    assert restored["dataset"] == str(bundled_dataset_path("emt"))
+    assert restored["keys"] == ["energy"]

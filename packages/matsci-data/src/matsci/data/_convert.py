@@ -185,7 +185,7 @@ def atoms_to_data(
     torch_geometric.data.Data
         ``pos`` [N, 3] (default float dtype), ``atomic_numbers`` [N] long, ``cell`` [1, 3, 3],
         ``pbc`` [1, 3] bool, ``natoms`` [1] long, ``structure_id`` [1] long when ``index`` is
-        given; graph-level targets [1] or [1, *shape]; node-level targets [N, k]. Integer and
+        given; graph-level targets [1] or ``[1, *shape]``; node-level targets [N, k]. Integer and
         bool values keep their kind (long, bool), except ``energy``, ``force`` and ``stress``;
         real values take the default float dtype.
 
@@ -245,7 +245,7 @@ def atoms_to_data(
 
 
 def _to_python(tensor: Tensor) -> Any:
-    """A graph-level target [1, *shape] as an ASE ``info`` value (scalar or array)."""
+    """A graph-level target ``[1, *shape]`` as an ASE ``info`` value (scalar or array)."""
     value = tensor.detach().cpu()[0]
     if value.dim() == 0:
         return value.item()
@@ -265,7 +265,7 @@ def data_to_atoms(data: Data) -> Atoms:
     ASE calculator properties (``free_energy``, ``energies``, ...) go into a
     :class:`~ase.calculators.singlepoint.SinglePointCalculator`; other node-level targets
     ([N, k], first dimension N) go into ``atoms.arrays`` ([N, 1] back to [N]) and graph-level
-    targets ([1, *shape]) into ``atoms.info``. With a single atom (N = 1) only forces and ASE's
+    targets (``[1, *shape]``) into ``atoms.info``. With a single atom (N = 1) only forces and ASE's
     per-atom properties count as node level. ``structure_id`` and graph attributes
     (``edge_index``, ``cell_offsets``) are dropped.
 

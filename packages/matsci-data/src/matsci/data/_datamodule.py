@@ -113,6 +113,11 @@ class AtomsDataModule(LightningDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["transform"])
+        # Plain strings only: checkpoints load with weights_only=True, which refuses Path objects.
+        self.hparams["dataset"] = os.fspath(dataset)
+        self.hparams["predict_path"] = None if predict_path is None else os.fspath(predict_path)
+        self.hparams["split"] = None if split is None else [float(f) for f in split]
+        self.hparams["keys"] = None if keys is None else list(keys)
         if split is not None and split_column is not None:
             raise ValueError(
                 f"AtomsDataModule(split={split!r}, split_column={split_column!r}): give "
