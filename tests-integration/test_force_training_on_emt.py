@@ -1,13 +1,13 @@
 """Energy/force/stress training on the bundled EMT data, through the data module."""
 
 import torch
+from physics_helpers import SmoothEncoder, trainer
 from torch_geometric.data import Batch
 
 from matsci.data import AtomsDataModule
 from matsci.data.examples import bundled_dataset_path
 from matsci.tasks.physics import ForceRegressionTask
 from matsci.transforms import PeriodicRadiusGraph
-from physics_helpers import SmoothEncoder, trainer
 
 
 def test_training_on_emt_beats_the_zero_force_predictor() -> None:
@@ -20,8 +20,10 @@ def test_training_on_emt_beats_the_zero_force_predictor() -> None:
     task = ForceRegressionTask(
         encoder_class=SmoothEncoder,
         encoder_kwargs={"embedding_dim": 32, "cutoff": 4.0},
-        compute_stress=True, lr=3e-3, task_loss_scaling={"energy": 1.0, "force": 10.0, "stress": 1.0},
-    )  # fmt: skip
+        compute_stress=True,
+        lr=3e-3,
+        task_loss_scaling={"energy": 1.0, "force": 10.0, "stress": 1.0},
+    )
     task.fit_normalizers(data.train_dataloader())
     trainer(max_epochs=6).fit(task, datamodule=data)
     metrics = trainer().test(task, datamodule=data, verbose=False)[0]
