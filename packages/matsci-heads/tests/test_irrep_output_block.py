@@ -80,7 +80,7 @@ def test_vector_output_rotates_and_scalar_output_is_invariant(dtype: torch.dtype
     rotation = _random_rotation(dtype)
     rotated = features @ irreps_in.D_from_matrix(rotation).T
     atol = TOLERANCE[dtype] * 10
-    # A 1o vector in e3nn's (y, z, x) basis rotates with D^1(R), i.e. R itself up to that basis.
+    # A 1o vector (e3nn's l=1 basis is Cartesian x, y, z) rotates with D^1(R) = R.
     torch.testing.assert_close(
         vector_head(rotated),
         vector_head(features) @ o3.Irreps("1x1o").D_from_matrix(rotation).T,

@@ -589,10 +589,10 @@ class BaseTaskModule(pl.LightningModule):
 
         For an encoder whose ``embedding_dim`` is an int this is a dense
         :class:`~matsci.heads.OutputHead`. For irreps it is an equivariant head of
-        :class:`~matsci.heads.IrrepOutputBlock` s: one ``0e`` scalar, or one ``1o`` vector
-        returned in Cartesian (x, y, z) order, so vector outputs rotate with the structure. Its
-        hidden irreps are ``output_kwargs["hidden_irreps"]`` (default ``"{hidden_dim}x0e +
-        {hidden_dim / 4}x1o"``).
+        :class:`~matsci.heads.IrrepOutputBlock` s without norm (unless ``norm`` is given): one
+        ``0e`` scalar, or one ``1o`` vector (e3nn's l=1 basis is Cartesian x, y, z), so vector
+        outputs rotate with the structure. Its hidden irreps are
+        ``output_kwargs["hidden_irreps"]`` (default ``"{hidden_dim}x0e + {hidden_dim / 4}x1o"``).
 
         Parameters
         ----------
@@ -620,13 +620,17 @@ class BaseTaskModule(pl.LightningModule):
                 f"atom, not {output_dim}"
             )
         options = dict(output_kwargs)
+        # No norm unless asked for: e3nn's batch norm in training mode normalizes per-atom
+        # energies across the batch, which makes forces (their gradients) vanish.
+        if options.get("norm") is None:
+            options["norm"] = False
         hidden = int(options.pop("hidden_dim", 128))
         hidden_irreps = options.pop("hidden_irreps", f"{hidden}x0e+{max(hidden // 4, 1)}x1o")
         head = OutputHead(
             "1x0e" if output_dim == 1 else "1x1o", hidden_irreps, input_dim=width,
             block_type="IrrepOutputBlock", **options,
         )  # fmt: skip
-        return head if output_dim == 1 else _CartesianVector(head)
+        return head
 
     # -- checkpoints ---------------------------------------------------------------------------
 
@@ -747,18 +751,6 @@ def _build_encoder(
     # A class defined in a function cannot be imported again: such a task reloads only with
     # load_from_checkpoint(path, encoder=...).
     return encoder, (None if local else class_path(type(encoder)))
-
-
-class _CartesianVector(nn.Module):
-    """Reorder an e3nn ``1o`` output from e3nn's (y, z, x) basis to Cartesian (x, y, z)."""
-
-    def __init__(self, head: nn.Module) -> None:
-        super().__init__()
-        self.head = head
-
-    def forward(self, features: Tensor) -> Tensor:
-        out: Tensor = self.head(features)
-        return out[..., [2, 0, 1]]
 
 
 def _plain_output_kwargs(output_kwargs: dict[str, Any]) -> dict[str, Any]:
