@@ -35,21 +35,6 @@ _PER_ATOM_RESULTS: Final = frozenset(
 )
 # `Atoms.arrays` entries that are the structure itself, not targets.
 _STRUCTURE_ARRAYS: Final = frozenset({"numbers", "positions"})
-# Attributes that describe the structure or its graph; `data_to_atoms` never turns them into
-# targets.
-_STRUCTURE_KEYS: Final = frozenset(
-    {
-        K.POS,
-        K.ATOMIC_NUMBERS,
-        K.CELL,
-        K.PBC,
-        K.NATOMS,
-        K.EDGE_INDEX,
-        K.CELL_OFFSETS,
-        K.BATCH,
-        K.STRUCTURE_ID,
-    }
-)
 # Physical targets are real numbers even where a file stores an integer (an energy of 0).
 _REAL_KEYS: Final = frozenset({K.ENERGY, K.FORCE, K.STRESS})
 _VOIGT: Final = ((0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1))
@@ -312,7 +297,7 @@ def data_to_atoms(data: Data) -> Atoms:
     results: dict[str, Any] = {}
     for key in sorted(data.keys()):  # Data.keys() comes in no fixed order
         value = data[key]
-        if key in _STRUCTURE_KEYS or not isinstance(value, Tensor):
+        if key in K.STRUCTURE_KEYS or not isinstance(value, Tensor):
             continue
         name = _KEY_TO_ASE.get(key, key)
         per_atom = name in _PER_ATOM_RESULTS

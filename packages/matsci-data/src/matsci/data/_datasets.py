@@ -32,7 +32,7 @@ __all__ = ["AseDbDataset", "ExtxyzDataset"]
 Transform: TypeAlias = BaseTransform | Callable[[Data], Data]
 """A callable on one ``Data``: a PyG transform (``Compose``, ...) or a function."""
 
-_NOT_TARGETS: Final = frozenset({K.POS, K.ATOMIC_NUMBERS, K.CELL, K.PBC, K.NATOMS, K.STRUCTURE_ID})
+_NOT_TARGETS: Final = K.STRUCTURE_KEYS
 
 
 class _AtomsDataset(Dataset[Data]):

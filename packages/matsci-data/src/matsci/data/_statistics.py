@@ -27,21 +27,7 @@ __all__ = ["DatasetStatistics", "compute_statistics", "fit_reference_energies"]
 NUM_ELEMENTS: Final = 119
 """Length of Z-indexed tables: index 0 is unused, 1..118 are the elements."""
 _PTR: Final = "ptr"  # PyG's per-batch offsets
-_NOT_TARGETS: Final = frozenset(
-    {
-        K.POS,
-        K.ATOMIC_NUMBERS,
-        K.CELL,
-        K.PBC,
-        K.NATOMS,
-        K.EDGE_INDEX,
-        K.CELL_OFFSETS,
-        K.BATCH,
-        K.NOISY_POS,
-        K.STRUCTURE_ID,
-        _PTR,
-    }
-)
+_NOT_TARGETS: Final = K.STRUCTURE_KEYS | {_PTR}
 
 
 @dataclass(frozen=True)

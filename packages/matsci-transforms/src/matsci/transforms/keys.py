@@ -38,3 +38,9 @@ SPACEGROUP: Final = "spacegroup"
 """[B] long, space group number in 1..230."""
 DENOISE: Final = "denoise"
 """[N, 3] float, the noise added to positions (the denoising target)."""
+
+STRUCTURE_KEYS: Final = frozenset(
+    {POS, ATOMIC_NUMBERS, CELL, PBC, NATOMS, EDGE_INDEX, CELL_OFFSETS, BATCH, STRUCTURE_ID}
+    | {NOISY_POS}
+)
+"""Attributes that describe a structure or its graph, never a target."""

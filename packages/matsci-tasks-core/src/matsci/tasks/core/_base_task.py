@@ -104,6 +104,9 @@ class BaseTaskModule(pl.LightningModule):
     default_loss: ClassVar[str] = "torch.nn.MSELoss"
     """Dotted name of the loss used when ``loss_func`` is ``None``."""
 
+    per_atom_targets: ClassVar[bool] = False
+    """Whether targets are per atom (``[N, k]``) rather than per structure (``[B, k]``)."""
+
     fixed_task_keys: ClassVar[tuple[str, ...] | None] = None
     """The only ``task_keys`` of tasks that predict a fixed target (the default for them)."""
 
@@ -209,9 +212,20 @@ class BaseTaskModule(pl.LightningModule):
         return {key: head(system) for key, head in self.output_heads.items()}
 
     def get_target(self, batch: Batch, key: str) -> Tensor:
-        """Read a target from the batch in the shape the loss expects (``[B, k]`` by default)."""
+        """Read a target in the shape the loss expects.
+
+        ``[B, k]`` for structure targets; as stored (``[N, k]``) with ``per_atom_targets``.
+        """
         target: Tensor = batch[key]
+        if self.per_atom_targets:
+            return target
         return target.reshape(target.shape[0], -1)
+
+    def point_embedding(self, embeddings: Embeddings) -> Tensor:
+        """The atom embeddings ``[N, D]``; a ``ValueError`` if the encoder gave none."""
+        if embeddings.point_embedding is None:
+            raise ValueError(f"{type(self).__name__}: the encoder returned no point_embedding")
+        return embeddings.point_embedding
 
     def to_physical(self, key: str, output: Tensor) -> Tensor:
         """Turn a head output into a prediction in physical units (de-normalize)."""

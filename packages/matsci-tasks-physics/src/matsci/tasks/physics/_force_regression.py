@@ -293,9 +293,7 @@ class ForceRegressionTask(BaseTaskModule):
 
     def total_energy(self, embeddings: Embeddings, batch: Batch, index: Tensor) -> Tensor:
         """Sum of per-atom energies ``s ε_i + μ + E_ref[Z_i]`` per structure, [B] in eV."""
-        if embeddings.point_embedding is None:
-            raise ValueError("ForceRegressionTask: the encoder returned no point_embedding")
-        atom = self.output_heads[keys.ENERGY](embeddings.point_embedding).squeeze(-1)  # [N]
+        atom = self.output_heads[keys.ENERGY](self.point_embedding(embeddings)).squeeze(-1)  # [N]
         atom = self.energy_scale * atom + self.energy_shift
         atom = atom + self.reference_energies[batch[keys.ATOMIC_NUMBERS]].to(atom.dtype)
         total: Tensor = scatter(atom, index, dim=0, dim_size=_num_structures(batch), reduce="sum")

@@ -53,6 +53,7 @@ class GradFreeForceRegression(BaseTaskModule):
     """
 
     fixed_task_keys = (keys.FORCE,)
+    per_atom_targets = True
 
     @override
     def build_head(self, key: str, output_kwargs: Mapping[str, Any]) -> nn.Module:
@@ -62,15 +63,7 @@ class GradFreeForceRegression(BaseTaskModule):
     @override
     def compute_outputs(self, embeddings: Embeddings, batch: Batch) -> dict[str, Tensor]:
         """Forces [N, 3] from the atom embeddings."""
-        if embeddings.point_embedding is None:
-            raise ValueError("GradFreeForceRegression: the encoder returned no point_embedding")
-        return {keys.FORCE: self.output_heads[keys.FORCE](embeddings.point_embedding)}
-
-    @override
-    def get_target(self, batch: Batch, key: str) -> Tensor:
-        """Forces [N, 3]."""
-        target: Tensor = batch[key]
-        return target
+        return {keys.FORCE: self.output_heads[keys.FORCE](self.point_embedding(embeddings))}
 
     @override
     def target_specs(self) -> list[AttributeSpec]:

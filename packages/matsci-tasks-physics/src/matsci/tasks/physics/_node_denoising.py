@@ -61,6 +61,7 @@ class NodeDenoisingTask(BaseTaskModule):
     """
 
     fixed_task_keys = (keys.DENOISE,)
+    per_atom_targets = True
 
     @override
     def build_head(self, key: str, output_kwargs: Mapping[str, Any]) -> nn.Module:
@@ -92,16 +93,8 @@ class NodeDenoisingTask(BaseTaskModule):
         # A shallow copy: the encoder sees noisy positions, the caller's batch keeps clean ones.
         work = copy.copy(batch)
         work[keys.POS] = noisy
-        embeddings = self.encoder(work)
-        if embeddings.point_embedding is None:
-            raise ValueError("NodeDenoisingTask: the encoder returned no point_embedding")
-        return {keys.DENOISE: self.output_heads[keys.DENOISE](embeddings.point_embedding)}
-
-    @override
-    def get_target(self, batch: Batch, key: str) -> Tensor:
-        """The noise [N, 3] written by ``NoisyPositions``."""
-        target: Tensor = batch[key]
-        return target
+        point = self.point_embedding(self.encoder(work))
+        return {keys.DENOISE: self.output_heads[keys.DENOISE](point)}
 
     @override
     def target_specs(self) -> list[AttributeSpec]:
