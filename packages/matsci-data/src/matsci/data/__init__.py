@@ -5,6 +5,7 @@ from importlib.metadata import version as _version
 from matsci.data._convert import atoms_to_data, data_to_atoms
 from matsci.data._datamodule import AtomsDataModule
 from matsci.data._datasets import AseDbDataset, ExtxyzDataset
+from matsci.data._multi_datamodule import MultiDataModule
 from matsci.data._statistics import DatasetStatistics, compute_statistics, fit_reference_energies
 
 __version__ = _version("matsci-data")
@@ -14,6 +15,7 @@ __all__: list[str] = [
     "AtomsDataModule",
     "DatasetStatistics",
     "ExtxyzDataset",
+    "MultiDataModule",
     "__version__",
     "atoms_to_data",
     "compute_statistics",

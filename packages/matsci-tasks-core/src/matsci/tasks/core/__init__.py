@@ -18,7 +18,18 @@ from matsci.tasks.core._config import (
 )
 from matsci.tasks.core._crystal_symmetry import NUM_SPACEGROUPS, CrystalSymmetryClassificationTask
 from matsci.tasks.core._embeddings import Embeddings, Encoder
+from matsci.tasks.core._inputs import (
+    EncoderInput,
+    InputRequest,
+    View,
+    autograd_ready_copy,
+    gradients_enabled,
+    prepare_encoder_input,
+    structure_index,
+)
+from matsci.tasks.core._loss_weights import LossWeightSchedule
 from matsci.tasks.core._masked_loss import MaskedLoss
+from matsci.tasks.core._multitask import MultiTaskLitModule
 from matsci.tasks.core._normalizer import Normalizer
 from matsci.tasks.core._optim import (
     build_optimizer,
@@ -43,19 +54,28 @@ __all__ = [
     "CrystalSymmetryClassificationTask",
     "Embeddings",
     "Encoder",
+    "EncoderInput",
+    "InputRequest",
+    "LossWeightSchedule",
     "MaskedLoss",
+    "MultiTaskLitModule",
     "Normalizer",
     "ScalarRegressionTask",
+    "View",
     "__version__",
+    "autograd_ready_copy",
     "build_from_config",
     "build_optimizer",
     "build_scheduler",
     "check_scheduler_kwargs",
     "class_path",
+    "gradients_enabled",
     "import_class",
     "keys",
     "module_config",
     "optimizer_path",
+    "prepare_encoder_input",
+    "structure_index",
     "to_plain",
     "validate_batch",
 ]

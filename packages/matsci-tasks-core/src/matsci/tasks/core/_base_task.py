@@ -24,14 +24,15 @@ from matsci.tasks.core._config import (
     to_plain,
 )
 from matsci.tasks.core._embeddings import Embeddings
+from matsci.tasks.core._inputs import (
+    EncoderInput,
+    InputRequest,
+    gradients_enabled,
+    prepare_encoder_input,
+)
 from matsci.tasks.core._masked_loss import MaskedLoss
 from matsci.tasks.core._normalizer import Normalizer
-from matsci.tasks.core._optim import (
-    build_optimizer,
-    build_scheduler,
-    check_scheduler_kwargs,
-    optimizer_path,
-)
+from matsci.tasks.core._optim import check_scheduler_kwargs, optimization_config, optimizer_path
 from matsci.tasks.core._schema import STRUCTURE_SPECS, AttributeSpec, validate_batch
 from matsci.transforms import keys
 
@@ -128,7 +129,7 @@ class BaseTaskModule(pl.LightningModule):
     ) -> None:
         super().__init__()
         name = type(self).__name__
-        self.encoder, encoder_path = _build_encoder(name, encoder, encoder_class, encoder_kwargs)
+        self.encoder, encoder_path = build_encoder(name, encoder, encoder_class, encoder_kwargs)
         self.task_keys: list[str] = self._check_task_keys(task_keys)
         if embedding_reduction_type not in _REDUCTIONS:
             raise ValueError(
@@ -257,6 +258,58 @@ class BaseTaskModule(pl.LightningModule):
 
     # -- the forward pass ---------------------------------------------------------------------
 
+    def input_request(self) -> InputRequest:
+        """What the encoder's input must be for this task: by default clean positions, no grad.
+
+        Tasks that differentiate with respect to positions or strain, or that read noisy
+        positions, say so here; :class:`MultiTaskLitModule` merges the requests of the tasks on
+        one dataset into as few encoder passes as possible (one per view).
+        """
+        return InputRequest()
+
+    def outputs_from_embeddings(
+        self, embeddings: Embeddings, encoder_input: EncoderInput
+    ) -> dict[str, Tensor]:
+        """Raw outputs per key from the encoder's output; runs inside the encoder pass's grad mode.
+
+        The default is :meth:`compute_outputs` on the prepared batch. Tasks that take
+        derivatives (forces, stress) use ``encoder_input.positions`` and ``.strain``.
+
+        Parameters
+        ----------
+        embeddings
+            The encoder's output for ``encoder_input.batch``.
+        encoder_input
+            The batch the encoder saw and the tensors derivatives are taken with respect to.
+
+        Returns
+        -------
+        dict
+            ``{key: output}`` in normalized units.
+        """
+        return self.compute_outputs(embeddings, encoder_input.batch)
+
+    def physical_predictions(
+        self, outputs: Mapping[str, Tensor], batch: Batch
+    ) -> dict[str, Tensor]:
+        """Turn raw outputs into predictions in physical units (what :meth:`predict` returns).
+
+        Parameters
+        ----------
+        outputs
+            Raw outputs from :meth:`forward`.
+        batch
+            The batch they were computed for.
+
+        Returns
+        -------
+        dict
+            ``{key: prediction}``.
+        """
+        return {key: self.to_physical(key, outputs[key]) for key in self.task_keys}
+
+    # -- the forward pass ---------------------------------------------------------------------
+
     @override
     def forward(self, batch: Batch) -> dict[str, Tensor]:
         """Encode the batch and apply every head; outputs are in normalized units.
@@ -271,7 +324,12 @@ class BaseTaskModule(pl.LightningModule):
         dict
             ``{key: output}`` for every task key.
         """
-        return self.compute_outputs(self.encoder(batch), batch)
+        request = self.input_request()
+        # Derivatives keep their graph only when a loss on them will be backpropagated.
+        keep_graph = self.training and torch.is_grad_enabled()
+        with gradients_enabled(request.needs_gradients):
+            encoder_input = prepare_encoder_input(batch, request, keep_graph=keep_graph)
+            return self.outputs_from_embeddings(self.encoder(encoder_input.batch), encoder_input)
 
     def system_embedding(self, embeddings: Embeddings, batch: Batch) -> Tensor:
         """The structure embedding ``[B, D]``, pooled from atom embeddings if the encoder gave none.
@@ -323,8 +381,7 @@ class BaseTaskModule(pl.LightningModule):
         dict
             ``{key: prediction}``, for example ``[B, k]`` for a regression key.
         """
-        outputs = self(batch)
-        return {key: self.to_physical(key, outputs[key]) for key in self.task_keys}
+        return self.physical_predictions(self(batch), batch)
 
     # -- Lightning hooks -----------------------------------------------------------------------
 
@@ -347,15 +404,10 @@ class BaseTaskModule(pl.LightningModule):
 
     @override
     def configure_optimizers(self) -> Any:
-        optimizer = build_optimizer(
-            self.optimizer_path, self.parameter_groups(), self.lr, self.weight_decay
-        )
-        if self.scheduler_config is None:
-            return optimizer
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": build_scheduler(self.scheduler_config, optimizer),
-        }
+        return optimization_config(
+            self.optimizer_path, self.parameter_groups(), self.lr, self.weight_decay,
+            self.scheduler_config,
+        )  # fmt: skip
 
     def parameter_groups(self) -> list[dict[str, Any]]:
         """Parameter groups of the optimizer: the encoder, then the heads.
@@ -421,18 +473,35 @@ class BaseTaskModule(pl.LightningModule):
     def _update_metrics(
         self, outputs: Mapping[str, Tensor], batch: Batch, stage: Stage, batch_size: int
     ) -> None:
-        collections: nn.ModuleDict = self.metrics[f"{stage}_metrics"]  # type: ignore[assignment]
+        collections: Mapping[str, MetricCollection] = self.metrics[f"{stage}_metrics"]  # type: ignore[assignment]
+        self.update_metrics(collections, outputs, batch)
+        for collection in collections.values():
+            self.log_dict(collection, batch_size=batch_size, on_step=False, on_epoch=True)
+
+    def update_metrics(
+        self, collections: Mapping[str, Any], outputs: Mapping[str, Tensor], batch: Batch
+    ) -> None:
+        """Feed every key's predictions and targets, missing ones removed, to its metrics.
+
+        Parameters
+        ----------
+        collections
+            ``{key: MetricCollection}`` (this task's, or a multi-task module's copies).
+        outputs
+            Raw outputs from :meth:`forward`.
+        batch
+            The batch holding the targets.
+        """
         for key in self.task_keys:
             target = self.get_target(batch, key)
             present = _present(target)
             prediction = self.metric_inputs(key, outputs[key].detach())
-            collection: MetricCollection = collections[key]  # type: ignore[assignment]
+            collection: MetricCollection = collections[key]
             if present.all():
                 self.update_metric(collection, prediction, target)
             else:
                 rows = present.reshape(present.shape[0], -1).all(dim=1)
                 self.update_metric(collection, prediction[rows], target[rows])
-            self.log_dict(collection, batch_size=batch_size, on_step=False, on_epoch=True)
 
     def check_batch(self, batch: Batch, *, with_targets: bool = True) -> None:
         """Check that a batch carries what this task needs (see :func:`validate_batch`).
@@ -734,7 +803,7 @@ class BaseTaskModule(pl.LightningModule):
         return task
 
 
-def _build_encoder(
+def build_encoder(
     name: str,
     encoder: nn.Module | None,
     encoder_class: str | type[nn.Module] | None,

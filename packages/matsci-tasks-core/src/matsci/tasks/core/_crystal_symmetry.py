@@ -125,21 +125,22 @@ class CrystalSymmetryClassificationTask(BaseTaskModule):
         """Class probabilities ``[B, 230]`` (column ``g - 1`` is space group ``g``)."""
         return torch.softmax(output, dim=-1)
 
-    @torch.no_grad()
-    def predict(self, batch: Any) -> dict[str, Tensor]:
+    def physical_predictions(self, outputs: Mapping[str, Tensor], batch: Any) -> dict[str, Tensor]:
         """Most likely space group and its probability.
 
         Parameters
         ----------
+        outputs
+            Raw outputs (logits) from :meth:`forward`.
         batch
-            A batch following the data contract.
+            The batch they were computed for.
 
         Returns
         -------
         dict
             ``{"spacegroup": [B] long in 1..230, "spacegroup_probability": [B] float}``.
         """
-        probabilities = self.to_physical(keys.SPACEGROUP, self(batch)[keys.SPACEGROUP])
+        probabilities = self.to_physical(keys.SPACEGROUP, outputs[keys.SPACEGROUP])
         best, index = probabilities.max(dim=-1)
         return {keys.SPACEGROUP: index + 1, f"{keys.SPACEGROUP}_probability": best}
 

@@ -174,3 +174,36 @@ def build_scheduler(config: Mapping[str, Any], optimizer: Optimizer) -> dict[str
     if "monitor" in config:
         out["monitor"] = config["monitor"]
     return out
+
+
+def optimization_config(
+    path: str,
+    param_groups: Iterable[dict[str, Any]],
+    lr: float,
+    weight_decay: float,
+    scheduler_config: Mapping[str, Any] | None,
+) -> Any:
+    """What ``configure_optimizers`` returns: the optimizer, with its scheduler if one is set.
+
+    Parameters
+    ----------
+    path
+        Dotted path of the optimizer class.
+    param_groups
+        Parameter groups.
+    lr
+        Default learning rate.
+    weight_decay
+        Default weight decay.
+    scheduler_config
+        A checked scheduler configuration (see :func:`check_scheduler_kwargs`) or ``None``.
+
+    Returns
+    -------
+    torch.optim.Optimizer or dict
+        The optimizer alone, or ``{"optimizer", "lr_scheduler"}``.
+    """
+    optimizer = build_optimizer(path, param_groups, lr, weight_decay)
+    if scheduler_config is None:
+        return optimizer
+    return {"optimizer": optimizer, "lr_scheduler": build_scheduler(scheduler_config, optimizer)}

@@ -2,7 +2,8 @@
 
 from importlib.metadata import version as _version
 
-from matsci.tasks.physics._autograd import autograd_ready_copy, gradients_enabled
+# Re-exported: they moved to tasks-core, where multi-task training shares encoder passes.
+from matsci.tasks.core import autograd_ready_copy, gradients_enabled
 from matsci.tasks.physics._force_regression import FIXED, ForceRegressionTask
 from matsci.tasks.physics._gradfree_force import (
     GradFreeForceRegression,

@@ -12,8 +12,16 @@ from torch_geometric.utils import scatter
 from torchmetrics import CosineSimilarity, MeanAbsoluteError, MeanSquaredError, MetricCollection
 from typing_extensions import override
 
-from matsci.tasks.core import AttributeSpec, BaseTaskModule, Embeddings
-from matsci.tasks.physics._autograd import autograd_ready_copy, gradients_enabled
+from matsci.tasks.core import (
+    AttributeSpec,
+    BaseTaskModule,
+    Embeddings,
+    EncoderInput,
+    InputRequest,
+    gradients_enabled,
+    prepare_encoder_input,
+    structure_index,
+)
 from matsci.tasks.physics._reference_energies import NUM_ELEMENTS, ReferenceEnergyFit
 from matsci.transforms import keys
 
@@ -215,13 +223,22 @@ class ForceRegressionTask(BaseTaskModule):
     # -- the forward pass -------------------------------------------------------------------------
 
     @override
-    def forward(self, batch: Batch) -> dict[str, Tensor]:
+    def input_request(self) -> InputRequest:
+        """Positions that require grad and, with ``compute_stress``, a strain."""
+        return InputRequest(position_gradients=True, strain=self.compute_stress)
+
+    @override
+    def outputs_from_embeddings(
+        self, embeddings: Embeddings, encoder_input: EncoderInput
+    ) -> dict[str, Tensor]:
         """Energy per atom, forces and stress, in units of the energy scale.
 
         Parameters
         ----------
-        batch
-            A batch following the data contract (with ``cell`` for stress).
+        embeddings
+            The encoder's output for ``encoder_input.batch``.
+        encoder_input
+            The prepared batch with the positions (and strain) that require grad.
 
         Returns
         -------
@@ -230,7 +247,8 @@ class ForceRegressionTask(BaseTaskModule):
             ``force`` [N, 3] and, with ``compute_stress``, ``stress`` [B, 9], each divided by
             the energy scale.
         """
-        energy, force, stress = self.energy_and_derivatives(batch)
+        energy, force, stress = self.derivatives(embeddings, encoder_input)
+        batch = encoder_input.batch
         if self.per_atom_energy_loss:
             energy = energy / _natoms(batch)
         outputs = {keys.ENERGY: energy.unsqueeze(-1) / self.energy_scale,
@@ -262,28 +280,51 @@ class ForceRegressionTask(BaseTaskModule):
         """
         keep_graph = self.training if keep_graph is None else keep_graph
         with gradients_enabled():
-            work = autograd_ready_copy(batch)
-            pos = work[keys.POS].detach().requires_grad_(True)
-            index = _structure_index(work)
-            inputs = [pos]
-            if self.compute_stress:
-                cell = work[keys.CELL].reshape(-1, 3, 3)
-                strain = torch.zeros_like(cell, requires_grad=True)
-                symmetric = 0.5 * (strain + strain.transpose(1, 2))
-                # x' = x (1 + ε) and cell' = cell (1 + ε): the same deformation for both.
-                work[keys.POS] = pos + torch.bmm(pos.unsqueeze(1), symmetric[index]).squeeze(1)
-                work[keys.CELL] = cell + torch.bmm(cell, symmetric)
-                inputs.append(strain)
-            else:
-                work[keys.POS] = pos
-            energy = self.total_energy(self.encoder(work), work, index)
-            gradients = torch.autograd.grad(
-                energy.sum(), inputs, create_graph=keep_graph, allow_unused=False
+            encoder_input = prepare_encoder_input(
+                batch, self.input_request(), keep_graph=keep_graph
             )
+            return self.derivatives(self.encoder(encoder_input.batch), encoder_input)
+
+    def derivatives(
+        self, embeddings: Embeddings, encoder_input: EncoderInput
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Energy [B] (eV), forces [N, 3] (eV/Å) and stress [B, 3, 3] (eV/Å³) or ``None``.
+
+        Differentiates the energy of ``embeddings`` with respect to the positions (and strain)
+        of ``encoder_input``; the graph is kept only with ``encoder_input.keep_graph``, otherwise
+        the results are detached.
+
+        Parameters
+        ----------
+        embeddings
+            The encoder's output for ``encoder_input.batch``.
+        encoder_input
+            Prepared by :func:`~matsci.tasks.core.prepare_encoder_input` with this task's
+            :meth:`input_request`.
+
+        Returns
+        -------
+        tuple
+            ``(energy, force, stress)``.
+        """
+        batch = encoder_input.batch
+        inputs = [encoder_input.positions, encoder_input.strain if self.compute_stress else None]
+        wanted = [tensor for tensor in inputs if tensor is not None]
+        if encoder_input.positions is None or len(wanted) != 1 + int(self.compute_stress):
+            raise ValueError(
+                "ForceRegressionTask: the encoder input has no positions (or strain) that require "
+                "grad; prepare it with this task's input_request()"
+            )
+        energy = self.total_energy(embeddings, batch, structure_index(batch))
+        keep_graph = encoder_input.keep_graph
+        # retain_graph: other tasks sharing this encoder pass may still differentiate it.
+        gradients = torch.autograd.grad(
+            energy.sum(), wanted, create_graph=keep_graph, retain_graph=True
+        )
         force = -gradients[0]
         stress = None
         if self.compute_stress:
-            volume = torch.linalg.det(work[keys.CELL].detach()).abs()
+            volume = torch.linalg.det(batch[keys.CELL].detach()).abs()
             stress = gradients[1] / volume.reshape(-1, 1, 1)
         if not keep_graph:
             # Evaluation keeps no graph: the outputs are plain tensors.
@@ -300,25 +341,30 @@ class ForceRegressionTask(BaseTaskModule):
         return total
 
     @override
-    @torch.no_grad()
-    def predict(self, batch: Batch) -> dict[str, Tensor]:
+    def physical_predictions(
+        self, outputs: Mapping[str, Tensor], batch: Batch
+    ) -> dict[str, Tensor]:
         """Energy [B] in eV, forces [N, 3] in eV/Å and, with ``compute_stress``, stress [B, 3, 3].
 
         Parameters
         ----------
+        outputs
+            Raw outputs from :meth:`forward` (in units of the energy scale).
         batch
-            A batch following the data contract (targets not needed).
+            The batch they were computed for.
 
         Returns
         -------
         dict
             ``{"energy", "force"[, "stress"]}`` in physical units.
         """
-        energy, force, stress = self.energy_and_derivatives(batch, keep_graph=False)
-        out = {keys.ENERGY: energy, keys.FORCE: force}
-        if stress is not None:
-            out[keys.STRESS] = stress
-        return out
+        energy = outputs[keys.ENERGY].reshape(-1) * self.energy_scale
+        if self.per_atom_energy_loss:
+            energy = energy * _natoms(batch)
+        predictions = {keys.ENERGY: energy, keys.FORCE: outputs[keys.FORCE] * self.energy_scale}
+        if keys.STRESS in outputs:
+            predictions[keys.STRESS] = (outputs[keys.STRESS] * self.energy_scale).reshape(-1, 3, 3)
+        return predictions
 
     # -- normalization -----------------------------------------------------------------------------
 
@@ -350,7 +396,7 @@ class ForceRegressionTask(BaseTaskModule):
         square_sum, count = 0.0, 0
         for batch in batches:
             if keys.ENERGY in fit_keys:
-                references.update(batch[keys.ATOMIC_NUMBERS], _structure_index(batch),
+                references.update(batch[keys.ATOMIC_NUMBERS], structure_index(batch),
                                   batch[keys.ENERGY])  # fmt: skip
             if keys.FORCE in fit_keys:
                 force = batch[keys.FORCE].double()
@@ -366,13 +412,6 @@ class ForceRegressionTask(BaseTaskModule):
             self.energy_scale.fill_((square_sum / count) ** 0.5)
 
 
-def _structure_index(batch: Batch) -> Tensor:
-    index = getattr(batch, keys.BATCH, None)
-    if index is None:
-        return torch.zeros(len(batch[keys.POS]), dtype=torch.long, device=batch[keys.POS].device)
-    return index  # type: ignore[no-any-return]
-
-
 def _num_structures(batch: Batch) -> int:
     return int(getattr(batch, "num_graphs", 1))
 
@@ -380,6 +419,6 @@ def _num_structures(batch: Batch) -> int:
 def _natoms(batch: Batch) -> Tensor:
     natoms = getattr(batch, keys.NATOMS, None)
     if natoms is None:
-        index = _structure_index(batch)
+        index = structure_index(batch)
         natoms = torch.bincount(index, minlength=_num_structures(batch))
     return natoms.reshape(-1).to(batch[keys.POS].dtype)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping
 from typing import Any
 
@@ -11,7 +10,7 @@ from torch_geometric.data import Batch
 from torchmetrics import MeanAbsoluteError, MetricCollection
 from typing_extensions import override
 
-from matsci.tasks.core import AttributeSpec, BaseTaskModule
+from matsci.tasks.core import AttributeSpec, BaseTaskModule, Embeddings, InputRequest
 from matsci.transforms import keys
 
 _NO_NOISY_POSITIONS = (
@@ -69,32 +68,14 @@ class NodeDenoisingTask(BaseTaskModule):
         return self.point_head(3, output_kwargs)
 
     @override
-    def forward(self, batch: Batch) -> dict[str, Tensor]:
-        """Predicted noise [N, 3], from the encoder run on ``noisy_pos``.
+    def input_request(self) -> InputRequest:
+        """The encoder sees the noisy positions (``noisy_pos``), never the clean ones."""
+        return InputRequest(view="noisy")
 
-        Parameters
-        ----------
-        batch
-            A batch with ``noisy_pos``.
-
-        Returns
-        -------
-        dict
-            ``{"denoise": [N, 3]}``.
-
-        Raises
-        ------
-        ValueError
-            If ``noisy_pos`` is missing.
-        """
-        noisy = getattr(batch, keys.NOISY_POS, None)
-        if noisy is None:
-            raise ValueError(_NO_NOISY_POSITIONS)
-        # A shallow copy: the encoder sees noisy positions, the caller's batch keeps clean ones.
-        work = copy.copy(batch)
-        work[keys.POS] = noisy
-        point = self.point_embedding(self.encoder(work))
-        return {keys.DENOISE: self.output_heads[keys.DENOISE](point)}
+    @override
+    def compute_outputs(self, embeddings: Embeddings, batch: Batch) -> dict[str, Tensor]:
+        """Predicted noise [N, 3] from the atom embeddings (of the noisy structure)."""
+        return {keys.DENOISE: self.output_heads[keys.DENOISE](self.point_embedding(embeddings))}
 
     @override
     def target_specs(self) -> list[AttributeSpec]:
