@@ -11,13 +11,18 @@ nox.needs_version = ">=2024.10.9"
 nox.options.default_venv_backend = "uv"
 nox.options.reuse_venv = "yes"
 nox.options.error_on_missing_interpreters = True
-nox.options.sessions = ["tests", "install_alone", "typecheck", "lint", "docs", "integration"]
+# `slow` is a default session (CI runs it as a job of its own, beside `integration`).
+nox.options.sessions = [
+    "tests", "install_alone", "typecheck", "lint", "docs", "integration", "slow",
+]  # fmt: skip
 
 PYTHON = "3.11"
 ROOT = Path(__file__).parent
 PACKAGES = sorted(path.name for path in (ROOT / "packages").iterdir() if path.is_dir())
 EXTRAS = {"matsci-heads": ["e3nn"]}
 IMPORT_PATHS = {
+    "matsci-ase": "matsci.ase",
+    "matsci-cli": "matsci.cli",
     "matsci-data": "matsci.data",
     "matsci-encoders": "matsci.encoders",
     "matsci-heads": "matsci.heads",
@@ -131,6 +136,8 @@ def docs(session: nox.Session) -> None:
     """Build the Sphinx site with warnings as errors and run its doctests."""
     _sync(session, "--all-packages", "--all-extras", "--group", "docs")
     session.run("sphinx-build", "-W", "--keep-going", "-b", "html", "docs", "docs/_build/html")
+    # Every name in every package's __all__ has a docstring and an entry in the built inventory.
+    session.run("python", "scripts/check_api_reference.py")
     session.run(
         "sphinx-build", "-W", "--keep-going", "-b", "doctest", "docs", "docs/_build/doctest"
     )
@@ -138,9 +145,12 @@ def docs(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def integration(session: nox.Session) -> None:
-    """Run the tests that cross packages, in an environment holding the whole workspace."""
+    """Run the tests that cross packages, in an environment holding the whole workspace.
+
+    Tests marked ``slow`` (DDP, the long resume runs) run in the ``slow`` session instead.
+    """
     _sync(session, "--all-packages", "--all-extras", "--group", "test")
-    session.run("pytest", "tests-integration", "-m", "not gpu", *session.posargs)
+    session.run("pytest", "tests-integration", "-m", "not gpu and not slow", *session.posargs)
 
 
 @nox.session(python=PYTHON, default=False)

@@ -47,6 +47,9 @@ import importlib.util
 import torch
 
 torch.manual_seed(0)
+# The examples are small: one thread is faster than several contending for a
+# shared machine's cores (and the same on every machine).
+torch.set_num_threads(1)
 HAS_E3NN = importlib.util.find_spec("e3nn") is not None
 """
 

@@ -11,7 +11,7 @@ from torch_geometric.data import Batch
 
 from matsci.data import AtomsDataModule
 from matsci.data.examples import bundled_dataset_path
-from matsci.tasks.core import Embeddings
+from matsci.tasks.core import AtomThroughputMonitor, Embeddings
 from matsci.tasks.physics import ForceRegressionTask
 from matsci.transforms import PeriodicRadiusGraph, edge_vectors
 
@@ -50,8 +50,14 @@ task = ForceRegressionTask(
     encoder_class=RadialEncoder, compute_stress=True, lr=3e-3, task_loss_scaling={"force": 10.0}
 )
 task.fit_normalizers(data.train_dataloader())  # per-element reference energies, force RMS
-trainer = pl.Trainer(max_epochs=6, logger=False, enable_checkpointing=False)
+throughput = AtomThroughputMonitor()  # logs atoms/s, structures/s, data-wait fraction
+trainer = pl.Trainer(max_epochs=6, logger=False, enable_checkpointing=False, callbacks=[throughput])
 trainer.fit(task, datamodule=data)
 metrics = trainer.test(task, datamodule=data, verbose=False)[0]
 print(f"test force MAE: {metrics['test/force/mae']:.3f} eV/Å")
 print(f"test energy MAE: {metrics['test/energy/mae_per_atom']:.4f} eV/atom")
+total = throughput.total
+print(
+    f"training: {total.atoms_per_second:,.0f} atoms/s, {total.structures_per_second:.0f} "
+    f"structures/s, {100 * total.data_wait_fraction:.0f}% of the time waiting for data"
+)

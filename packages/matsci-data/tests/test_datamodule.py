@@ -7,10 +7,12 @@ import pytest
 import torch
 from ase.build import bulk
 from torch_geometric.data import Data
+from torch_geometric.transforms import Compose
 
 from matsci.data._datamodule import AtomsDataModule
 from matsci.data._datasets import AseDbDataset
 from matsci.data.examples import bundled_dataset_path
+from matsci.transforms import NoisyPositions, PeriodicRadiusGraph
 from matsci.transforms import keys as K
 from matsci.transforms.keys import STRUCTURE_ID
 
@@ -176,3 +178,16 @@ def test_hyperparameters_are_plain_data_for_weights_only_checkpoints() -> None:
     restored = torch.load(buffer, weights_only=True)
     assert restored["dataset"] == str(bundled_dataset_path("emt"))
     assert restored["keys"] == ["energy"]
+
+
+def test_radius_graph_settings_are_saved_as_plain_data(db_path: Path) -> None:
+    graph = PeriodicRadiusGraph(cutoff=4.5, max_neighbors=12)
+    alone = AtomsDataModule(db_path, transform=graph)
+    assert alone.hparams["radius_graph"] == {"cutoff": 4.5, "max_neighbors": 12}
+    composed = AtomsDataModule(db_path, transform=Compose([graph, NoisyPositions(scale=0.1)]))
+    assert composed.hparams["radius_graph"] == {"cutoff": 4.5, "max_neighbors": 12}
+    assert AtomsDataModule(db_path).hparams["radius_graph"] is None
+    buffer = io.BytesIO()
+    torch.save(dict(alone.hparams), buffer)
+    buffer.seek(0)
+    assert torch.load(buffer, weights_only=True)["radius_graph"]["cutoff"] == 4.5

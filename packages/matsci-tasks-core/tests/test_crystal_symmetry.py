@@ -66,3 +66,15 @@ def test_class_weights_and_label_smoothing_reach_the_loss() -> None:
 def test_bad_arguments(kwargs: dict[str, object], match: str) -> None:
     with pytest.raises(ValueError, match=match):
         CrystalSymmetryClassificationTask(**encoder_kwargs(), **kwargs)
+
+
+def test_first_batch_check_names_labels_outside_1_to_230() -> None:
+    # On an accelerator later batches are checked asynchronously; the first batch of each
+    # stage still gets the clear error, through check_batch.
+    task = CrystalSymmetryClassificationTask(**encoder_kwargs())
+    batch = Batch.from_data_list(make_structures(4, seed=0))
+    task.check_batch(batch)
+    batch.spacegroup[1] = 0
+    with pytest.raises(ValueError, match=r"labels \[0\] are outside 1\.\.230"):
+        task.check_batch(batch)
+    task.check_batch(batch, with_targets=False)  # prediction needs no labels

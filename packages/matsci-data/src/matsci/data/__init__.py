@@ -5,7 +5,9 @@ from importlib.metadata import version as _version
 from matsci.data._convert import atoms_to_data, data_to_atoms
 from matsci.data._datamodule import AtomsDataModule
 from matsci.data._datasets import AseDbDataset, ExtxyzDataset
+from matsci.data._distributed_sampler import UnpaddedDistributedSampler
 from matsci.data._multi_datamodule import MultiDataModule
+from matsci.data._resumable_loader import ResumableDataLoader, SeededRandomSampler
 from matsci.data._statistics import DatasetStatistics, compute_statistics, fit_reference_energies
 
 __version__ = _version("matsci-data")
@@ -16,6 +18,9 @@ __all__: list[str] = [
     "DatasetStatistics",
     "ExtxyzDataset",
     "MultiDataModule",
+    "ResumableDataLoader",
+    "SeededRandomSampler",
+    "UnpaddedDistributedSampler",
     "__version__",
     "atoms_to_data",
     "compute_statistics",

@@ -177,9 +177,11 @@ def atoms_to_data(
     Raises
     ------
     ValueError
-        If positions or cell are not finite, the forces do not match the number of atoms, the
-        stress has the wrong shape, the energy is not one number, or a requested key is missing
-        or not numeric.
+        If the structure has no atoms, atomic numbers outside 1 to 118, positions that are not
+        finite or beyond :data:`~matsci.transforms.keys.MAX_ABS_POSITION` (1e5 Å), a cell that
+        is not finite, forces that do not match the number of atoms, a stress of the wrong
+        shape, an energy that is not one number, or a requested key is missing or not numeric.
+        NaN targets are kept: tasks treat them as missing.
 
     Examples
     --------
@@ -194,10 +196,26 @@ def atoms_to_data(
     >>> data.structure_id
     tensor([7])
     """
+    numbers = np.asarray(atoms.numbers)
+    unknown = numbers[(numbers < 1) | (numbers > K.MAX_ATOMIC_NUMBER)]
+    if unknown.size:
+        where = f"structure {index}" if index is not None else "a structure"
+        raise ValueError(
+            f"atoms_to_data: {where} has unknown elements {sorted(set(unknown.tolist()))[:10]}; "
+            f"expected atomic numbers 1 to {K.MAX_ATOMIC_NUMBER}"
+        )
     where = _describe(atoms, index)
+    if len(atoms) == 0:
+        raise ValueError(f"atoms_to_data: {where} has no atoms")
     positions = np.asarray(atoms.positions, dtype=np.float64)
     if not np.isfinite(positions).all():
         raise ValueError(f"atoms_to_data: {where} has non-finite positions")
+    largest = float(np.abs(positions).max())
+    if largest > K.MAX_ABS_POSITION:
+        raise ValueError(
+            f"atoms_to_data: {where} has a coordinate of magnitude {largest:.3g} Å, more than "
+            f"{K.MAX_ABS_POSITION:.0e} Å (corrupt or unwrapped positions?)"
+        )
     cell = np.asarray(atoms.cell.array, dtype=np.float64)
     if not np.isfinite(cell).all():
         raise ValueError(f"atoms_to_data: {where} has a non-finite cell")

@@ -16,6 +16,9 @@ from torch_geometric.loader import DataLoader
 from typing_extensions import override
 
 from matsci.data._datasets import AseDbDataset, ExtxyzDataset, Transform
+from matsci.data._distributed_sampler import UnpaddedDistributedSampler
+from matsci.data._resumable_loader import ResumableDataLoader
+from matsci.transforms import PeriodicRadiusGraph
 
 __all__ = ["AtomsDataModule"]
 
@@ -38,6 +41,16 @@ def _dataset_class(path: str, argument: str) -> type[AseDbDataset | ExtxyzDatase
     )
 
 
+def _radius_graph_settings(transform: object) -> dict[str, float | int | None] | None:
+    """``{"cutoff", "max_neighbors"}`` of the last ``PeriodicRadiusGraph`` in ``transform``."""
+    if isinstance(transform, PeriodicRadiusGraph):
+        return {"cutoff": transform.cutoff, "max_neighbors": transform.max_neighbors}
+    settings = None
+    for inner in getattr(transform, "transforms", None) or ():  # a PyG Compose
+        settings = _radius_graph_settings(inner) or settings
+    return settings
+
+
 class AtomsDataModule(LightningDataModule):
     """Train, val and test loaders over one ASE database or extxyz file.
 
@@ -55,7 +68,11 @@ class AtomsDataModule(LightningDataModule):
     keys : sequence of str, optional
         Targets every structure must hold (see :func:`~matsci.data.atoms_to_data`).
     transform : callable, optional
-        Applied to each ``Data``, e.g. a ``torch_geometric.transforms.Compose``.
+        Applied to each ``Data``, e.g. a ``torch_geometric.transforms.Compose``. The settings
+        of a :class:`~matsci.transforms.PeriodicRadiusGraph` in it (itself, or the last one
+        in a ``Compose``) are saved as plain data in ``hparams["radius_graph"]``
+        (``{"cutoff": float, "max_neighbors": int | None}``, ``None`` without one), so a
+        checkpoint records how the model's neighbour graph was built.
     split : sequence of three floats, optional
         Train, val and test fractions, each in [0, 1] and summing to at most 1; when they sum
         to 1 the rounding remainder goes to train, so every structure is used. Defaults to
@@ -118,6 +135,7 @@ class AtomsDataModule(LightningDataModule):
         self.hparams["predict_path"] = None if predict_path is None else os.fspath(predict_path)
         self.hparams["split"] = None if split is None else [float(f) for f in split]
         self.hparams["keys"] = None if keys is None else list(keys)
+        self.hparams["radius_graph"] = _radius_graph_settings(transform)
         if split is not None and split_column is not None:
             raise ValueError(
                 f"AtomsDataModule(split={split!r}, split_column={split_column!r}): give "
@@ -205,10 +223,14 @@ class AtomsDataModule(LightningDataModule):
         return self._make_loader(Subset(self.dataset, self.split_indices[name]), shuffle=shuffle)
 
     def _make_loader(self, dataset: Dataset[Data], *, shuffle: bool) -> DataLoader:
-        return DataLoader(
+        # Training resumes mid-epoch from checkpoints (the order depends on seed and epoch
+        # only); evaluation gives each structure to one DDP rank, without padded repeats.
+        return ResumableDataLoader(
             dataset,
             batch_size=self.batch_size,
             shuffle=shuffle,
+            seed=self.seed,
+            sampler=None if shuffle else UnpaddedDistributedSampler(dataset),  # type: ignore[arg-type]
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,

@@ -212,7 +212,13 @@ class AseDbDataset(_AtomsDataset):
 
     def _read(self, position: int) -> tuple[Atoms, int]:
         row_id = self._ids[position]
-        row = self._database().get(id=row_id)
+        try:
+            row = self._database().get(id=row_id)
+        except sqlite3.Error as error:  # a damaged file: malformed pages, undecodable text
+            raise ValueError(
+                f"AseDbDataset({self.path!r}): row id {row_id} cannot be read; the database is "
+                f"damaged ({type(error).__name__}: {error})"
+            ) from error
         atoms = row.toatoms()
         atoms.info.update(row.key_value_pairs)
         for name, value in row.get("data", {}).items():

@@ -21,6 +21,53 @@ Float64 positions use 1e-8 Å, any other dtype 1e-4 Å: well above the rounding 
 coordinates (about 1e-5 Å at 100 Å), so symmetry-equivalent neighbours tie in practice.
 """
 _TIE_RESOLUTION_DEFAULT = 1e-4
+_MIN_DISTANCE = 1e-3
+"""Å; atoms closer than this are refused (duplicated atoms give zero-length edges, whose
+directions and derivatives are NaN)."""
+_VESIN_MAX_CELLS = 1e5
+"""vesin's cell lists have at most this many cells, rescaled keeping the ratio between
+directions; a long, thin box can end with zero cells along one direction, which crashes."""
+
+
+def _check_magnitude(points: Tensor) -> None:
+    if points.numel() == 0:
+        return
+    largest = float(points.abs().max())
+    if largest > keys.MAX_ABS_POSITION:
+        raise ValueError(
+            f"PeriodicRadiusGraph: {keys.POS} has a coordinate of magnitude {largest:.3g} Å, "
+            f"more than {keys.MAX_ABS_POSITION:.0e} Å (corrupt or unwrapped positions?)"
+        )
+
+
+def _grid_extents(points: Tensor, cell: Tensor, pbc: Tensor) -> list[float]:
+    """Size of the box vesin grids, per direction: face distances (periodic), extents (not)."""
+    extents = []
+    volume = abs(float(torch.linalg.det(cell))) if bool(pbc.all()) else 0.0
+    for axis in range(3):
+        if bool(pbc[axis]) and volume > 0:
+            others = cell[[a for a in range(3) if a != axis]]
+            extents.append(volume / float(torch.linalg.cross(others[0], others[1]).norm()))
+        elif bool(pbc[axis]):
+            extents.append(float(cell[axis].norm()))
+        elif points.numel():
+            spread = float(points[:, axis].max() - points[:, axis].min())
+            extents.append(max(spread, 1.0) * 1.01)
+        else:
+            extents.append(1.0)
+    return extents
+
+
+def _cell_grid_may_fail(extents: list[float], cutoff: float) -> bool:
+    """Whether vesin's rescaled cell grid may get no cell along a direction (with a margin)."""
+    counts = [max(1.0, math.trunc(extent / cutoff)) for extent in extents]
+    if counts[0] * counts[1] * counts[2] <= _VESIN_MAX_CELLS / 2:
+        return False
+    ratio_xy, ratio_yz = counts[0] / counts[1], counts[1] / counts[2]
+    along_z = math.trunc(math.cbrt(_VESIN_MAX_CELLS / (ratio_xy * ratio_yz * ratio_yz)))
+    along_y = math.trunc(ratio_yz * along_z)
+    along_x = math.trunc(ratio_xy * along_y)
+    return min(along_x, along_y, along_z) < 2
 
 
 def _lexsort(columns: list[Tensor]) -> Tensor:
@@ -120,7 +167,11 @@ class PeriodicRadiusGraph(BaseTransform):  # type: ignore[misc]  # PyG ships no 
     ValueError
         If ``cutoff`` is not positive and finite or ``max_neighbors`` is not a positive int;
         when called, if ``pos``, ``cell`` or ``pbc`` have wrong shapes, a direction is periodic
-        without a cell, or the cell is singular along a periodic direction.
+        without a cell, the cell is singular along a periodic direction, a coordinate exceeds
+        :data:`~matsci.transforms.keys.MAX_ABS_POSITION` (1e5 Å), two atoms (or an atom and an
+        image) are closer than 1e-3 Å, or a periodic cell is so large and elongated that vesin's
+        cell list cannot grid it. Molecules spread far along one direction, which vesin's own
+        bounding box cannot grid either, are searched in a cubic box instead.
     TypeError
         When called on a :class:`~torch_geometric.data.Batch`.
 
@@ -187,9 +238,24 @@ class PeriodicRadiusGraph(BaseTransform):  # type: ignore[misc]  # PyG ships no 
                 f"periodic directions {keys.PBC}={pbc.tolist()}"
             )
         points = pos.detach().cpu().to(torch.float64)
+        _check_magnitude(points)
         # a plain bool when all directions agree (any vesin), three flags for mixed pbc
-        periodic = bool(pbc.all()) if bool(pbc.all() == pbc.any()) else pbc.tolist()
+        periodic: bool | list[bool] = (
+            bool(pbc.all()) if bool(pbc.all() == pbc.any()) else pbc.tolist()
+        )
         box = cell if bool(pbc.any()) else torch.zeros(3, 3, dtype=torch.float64)
+        if _cell_grid_may_fail(_grid_extents(points, cell, pbc), self.cutoff):
+            if bool(pbc.any()):
+                raise ValueError(
+                    f"PeriodicRadiusGraph: the cell {cell.tolist()} is too large and elongated "
+                    f"for vesin's cell list at cutoff {self.cutoff} Å (it would end with no "
+                    "cell along one direction and crash)"
+                )
+            # A molecule spread far along one or two directions: search it in a cubic periodic
+            # box larger than the structure plus the cutoff, so no image is within reach.
+            lower = points.min(dim=0).values
+            side = float((points.max(dim=0).values - lower).max()) + 2 * self.cutoff + 1.0
+            points, box, periodic = points - lower, side * torch.eye(3, dtype=torch.float64), True
         neighbor_list = vesin.NeighborList(cutoff=self.cutoff, full_list=True)
         try:
             i, j, shifts, distances = neighbor_list.compute(
@@ -200,6 +266,15 @@ class PeriodicRadiusGraph(BaseTransform):  # type: ignore[misc]  # PyG ships no 
                 f"PeriodicRadiusGraph: vesin could not build the neighbour list for "
                 f"{keys.CELL}={cell.tolist()}, {keys.PBC}={pbc.tolist()}: {error}"
             ) from error
+        if distances.size and float(distances.min()) < _MIN_DISTANCE:
+            first = int(distances.argmin())
+            raise ValueError(
+                f"PeriodicRadiusGraph: atoms {int(i[first])} and {int(j[first])} (shift "
+                f"{shifts[first].tolist()}) are {float(distances[first]):.3g} Å apart, closer than "
+                f"{_MIN_DISTANCE} Å: atoms on top of each other (duplicated atoms?)"
+            )
+        if not bool(pbc.any()):
+            shifts = shifts * 0  # the padded box of a spread-out molecule has no images in reach
         source = torch.from_numpy(i.astype("int64"))  # [E]
         target = torch.from_numpy(j.astype("int64"))  # [E]
         offsets = torch.from_numpy(shifts.astype("int64")).reshape(-1, 3)  # [E, 3]

@@ -9,8 +9,13 @@ from typing import Final
 
 POS: Final = "pos"
 """[N, 3] float, Cartesian positions in Å."""
+MAX_ABS_POSITION: Final = 1.0e5
+"""Å, the largest |coordinate| of ``pos`` the data contract accepts. Larger ones are refused as
+corrupt data: float32 resolves only about 0.01 Å there, and neighbour lists break."""
 ATOMIC_NUMBERS: Final = "atomic_numbers"
 """[N] long, atomic numbers Z."""
+MAX_ATOMIC_NUMBER: Final = 118
+"""The largest Z of ``atomic_numbers``; the contract accepts 1 to 118 (no dummy atoms, Z = 0)."""
 CELL: Final = "cell"
 """[B, 3, 3] float, lattice vectors as rows in Å (``[1, 3, 3]`` per structure)."""
 PBC: Final = "pbc"

@@ -8,6 +8,7 @@ from importlib.metadata import version as _version
 
 from matsci.tasks.core._base_task import DEFAULT_OUTPUT_KWARGS, BaseTaskModule
 from matsci.tasks.core._binary_classification import BinaryClassificationTask
+from matsci.tasks.core._checkpoint_io import AtomicCheckpointIO, read_checkpoint
 from matsci.tasks.core._config import (
     ClassConfig,
     build_from_config,
@@ -17,6 +18,7 @@ from matsci.tasks.core._config import (
     to_plain,
 )
 from matsci.tasks.core._crystal_symmetry import NUM_SPACEGROUPS, CrystalSymmetryClassificationTask
+from matsci.tasks.core._ema import ExponentialMovingAverage
 from matsci.tasks.core._embeddings import Embeddings, Encoder
 from matsci.tasks.core._inputs import (
     EncoderInput,
@@ -30,6 +32,7 @@ from matsci.tasks.core._inputs import (
 from matsci.tasks.core._loss_weights import LossWeightSchedule
 from matsci.tasks.core._masked_loss import MaskedLoss
 from matsci.tasks.core._multitask import MultiTaskLitModule
+from matsci.tasks.core._nonfinite import NonFiniteGuard
 from matsci.tasks.core._normalizer import Normalizer
 from matsci.tasks.core._optim import (
     build_optimizer,
@@ -37,8 +40,14 @@ from matsci.tasks.core._optim import (
     check_scheduler_kwargs,
     optimizer_path,
 )
+from matsci.tasks.core._random_state import RandomStateCheckpoint
 from matsci.tasks.core._scalar_regression import ScalarRegressionTask
 from matsci.tasks.core._schema import STRUCTURE_SPECS, AttributeSpec, validate_batch
+from matsci.tasks.core._throughput import (
+    AtomThroughputMonitor,
+    Throughput,
+    count_atoms_and_structures,
+)
 from matsci.transforms import keys
 
 __version__ = _version("matsci-tasks-core")
@@ -47,6 +56,8 @@ __all__ = [
     "DEFAULT_OUTPUT_KWARGS",
     "NUM_SPACEGROUPS",
     "STRUCTURE_SPECS",
+    "AtomThroughputMonitor",
+    "AtomicCheckpointIO",
     "AttributeSpec",
     "BaseTaskModule",
     "BinaryClassificationTask",
@@ -55,12 +66,16 @@ __all__ = [
     "Embeddings",
     "Encoder",
     "EncoderInput",
+    "ExponentialMovingAverage",
     "InputRequest",
     "LossWeightSchedule",
     "MaskedLoss",
     "MultiTaskLitModule",
+    "NonFiniteGuard",
     "Normalizer",
+    "RandomStateCheckpoint",
     "ScalarRegressionTask",
+    "Throughput",
     "View",
     "__version__",
     "autograd_ready_copy",
@@ -69,12 +84,14 @@ __all__ = [
     "build_scheduler",
     "check_scheduler_kwargs",
     "class_path",
+    "count_atoms_and_structures",
     "gradients_enabled",
     "import_class",
     "keys",
     "module_config",
     "optimizer_path",
     "prepare_encoder_input",
+    "read_checkpoint",
     "structure_index",
     "to_plain",
     "validate_batch",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, ClassVar, Literal, Self
+from typing import Any, ClassVar, Literal, Self, cast
 
 import lightning.pytorch as pl
 import torch
@@ -15,6 +15,7 @@ from torchmetrics import MetricCollection
 from typing_extensions import override
 
 from matsci.heads import OutputHead
+from matsci.tasks.core._checkpoint_io import read_checkpoint
 from matsci.tasks.core._config import (
     ClassConfig,
     build_from_config,
@@ -23,7 +24,15 @@ from matsci.tasks.core._config import (
     module_config,
     to_plain,
 )
+from matsci.tasks.core._ema import Weights, apply_evaluation_weights, check_weights
 from matsci.tasks.core._embeddings import Embeddings
+from matsci.tasks.core._epoch_means import (
+    EpochMeans,
+    PendingMetricInputs,
+    log_epoch_metrics,
+    log_training_epoch,
+    log_training_step,
+)
 from matsci.tasks.core._inputs import (
     EncoderInput,
     InputRequest,
@@ -160,6 +169,10 @@ class BaseTaskModule(pl.LightningModule):
         self.optimizer_path = optimizer_path(optimizer)
         self.scheduler_config = check_scheduler_kwargs(scheduler_kwargs)
         self._checked_stages: set[str] = set()
+        self._train_means = EpochMeans(
+            ["train/loss", *(f"train/{key}/loss" for key in self.task_keys)]
+        )
+        self._pending_train_metrics = PendingMetricInputs()
         # Only plain data goes into the checkpoint, so it loads with weights_only=True.
         self.save_hyperparameters(ignore=["encoder", "encoder_class", "loss_func", "optimizer"])
         self.hparams["encoder_class"] = encoder_path
@@ -429,21 +442,58 @@ class BaseTaskModule(pl.LightningModule):
     def _shared_step(self, batch: Batch, stage: Stage) -> Tensor:
         self._check_batch(batch, stage, with_targets=True)
         outputs = self(batch)
-        total, losses = self.compute_losses(outputs, batch)
+        targets = self.get_targets(batch)
+        total, losses = self.compute_losses(outputs, batch, targets=targets)
         batch_size = int(batch.num_graphs)
-        training = stage == "train"
-        # Evaluation losses are averaged over DDP ranks (schedulers and checkpoints monitor them);
-        # training losses are logged per rank so a step costs no extra all-reduce.
-        self.log(f"{stage}/loss", total, prog_bar=True, batch_size=batch_size, on_step=training,
-                 on_epoch=True, sync_dist=not training)  # fmt: skip
-        for key, value in losses.items():
-            self.log(f"{stage}/{key}/loss", value, batch_size=batch_size, on_step=training,
-                     on_epoch=True, sync_dist=not training)  # fmt: skip
-        self._update_metrics(outputs, batch, stage, batch_size)
+        if stage == "train":
+            # Per rank, no all-reduce; self.log costs about 0.5 ms of Python per call, so epoch
+            # means are summed on the device and step values logged only where they are read.
+            log_training_step(self, self._train_means, [total, *losses.values()], batch_size)
+        else:
+            # Evaluation losses are averaged over DDP ranks (schedulers and checkpoints monitor
+            # them).
+            weight = rank_average_weight(batch_size)
+            self.log(f"{stage}/loss", total, prog_bar=True, batch_size=weight, on_step=False,
+                     on_epoch=True, sync_dist=True)  # fmt: skip
+            for key, value in losses.items():
+                self.log(f"{stage}/{key}/loss", value, batch_size=weight, on_step=False,
+                         on_epoch=True, sync_dist=True)  # fmt: skip
+        self._update_metrics(outputs, targets, stage)
         return total
 
+    @override
+    def on_train_epoch_start(self) -> None:
+        self._train_means.reset()
+        self._pending_train_metrics.clear()
+
+    @override
+    def on_train_epoch_end(self) -> None:
+        log_training_epoch(self, self._train_means)
+        self._flush_train_metrics()
+        log_epoch_metrics(self, self._stage_collections("train").values())
+
+    @override
+    def on_validation_epoch_end(self) -> None:
+        log_epoch_metrics(self, self._stage_collections("val").values())
+
+    @override
+    def on_test_epoch_end(self) -> None:
+        log_epoch_metrics(self, self._stage_collections("test").values())
+
+    def _stage_collections(self, stage: Stage) -> Mapping[str, MetricCollection]:
+        collections: Mapping[str, MetricCollection] = self.metrics[f"{stage}_metrics"]  # type: ignore[assignment]
+        return collections
+
+    def get_targets(self, batch: Batch) -> dict[str, Tensor]:
+        """Every key's target, read once per step (see :meth:`get_target`)."""
+        return {key: self.get_target(batch, key) for key in self.task_keys}
+
     def compute_losses(
-        self, outputs: Mapping[str, Tensor], batch: Batch
+        self,
+        outputs: Mapping[str, Tensor],
+        batch: Batch,
+        *,
+        targets: Mapping[str, Tensor] | None = None,
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """Weighted total loss and the loss of each key, with missing (NaN) targets masked.
 
@@ -453,6 +503,8 @@ class BaseTaskModule(pl.LightningModule):
             Head outputs from :meth:`forward`.
         batch
             The batch holding the targets.
+        targets
+            The targets from :meth:`get_targets`, when already read.
 
         Returns
         -------
@@ -461,7 +513,7 @@ class BaseTaskModule(pl.LightningModule):
         """
         losses: dict[str, Tensor] = {}
         for key in self.task_keys:
-            target = self.get_target(batch, key)
+            target = targets[key] if targets is not None else self.get_target(batch, key)
             present = _present(target)
             loss_fn: MaskedLoss = self.losses[key]  # type: ignore[assignment]
             losses[key] = loss_fn(outputs[key], self.loss_target(key, target), present)
@@ -471,12 +523,21 @@ class BaseTaskModule(pl.LightningModule):
         return total, losses
 
     def _update_metrics(
-        self, outputs: Mapping[str, Tensor], batch: Batch, stage: Stage, batch_size: int
+        self, outputs: Mapping[str, Tensor], targets: Mapping[str, Tensor], stage: Stage
     ) -> None:
-        collections: Mapping[str, MetricCollection] = self.metrics[f"{stage}_metrics"]  # type: ignore[assignment]
-        self.update_metrics(collections, outputs, batch)
-        for collection in collections.values():
-            self.log_dict(collection, batch_size=batch_size, on_step=False, on_epoch=True)
+        # Metrics are computed, logged and reset once per epoch (see on_*_epoch_end). Training
+        # steps are fed in groups: one metric update (and one look for missing targets, a host
+        # sync) per group of steps instead of per step; the results are the same.
+        predictions = self._metric_predictions(outputs)
+        if stage != "train":
+            self._feed_metrics(self._stage_collections(stage), predictions, targets)
+        elif self._pending_train_metrics.add(predictions, targets):
+            self._flush_train_metrics()
+
+    def _flush_train_metrics(self) -> None:
+        pending = self._pending_train_metrics.pop()
+        if pending is not None:
+            self._feed_metrics(self._stage_collections("train"), *pending)
 
     def update_metrics(
         self, collections: Mapping[str, Any], outputs: Mapping[str, Tensor], batch: Batch
@@ -492,15 +553,25 @@ class BaseTaskModule(pl.LightningModule):
         batch
             The batch holding the targets.
         """
-        for key in self.task_keys:
-            target = self.get_target(batch, key)
-            present = _present(target)
-            prediction = self.metric_inputs(key, outputs[key].detach())
+        self._feed_metrics(collections, self._metric_predictions(outputs), self.get_targets(batch))
+
+    def _metric_predictions(self, outputs: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        return {key: self.metric_inputs(key, outputs[key].detach()) for key in self.task_keys}
+
+    def _feed_metrics(
+        self,
+        collections: Mapping[str, Any],
+        predictions: Mapping[str, Tensor],
+        targets: Mapping[str, Tensor],
+    ) -> None:
+        missing = _any_missing(targets)
+        for key, target in targets.items():
+            prediction = predictions[key]
             collection: MetricCollection = collections[key]
-            if present.all():
+            if not missing.get(key, False):
                 self.update_metric(collection, prediction, target)
             else:
-                rows = present.reshape(present.shape[0], -1).all(dim=1)
+                rows = _present(target).reshape(target.shape[0], -1).all(dim=1)
                 self.update_metric(collection, prediction[rows], target[rows])
 
     def check_batch(self, batch: Batch, *, with_targets: bool = True) -> None:
@@ -726,6 +797,7 @@ class BaseTaskModule(pl.LightningModule):
         hparams_file: Any = None,
         strict: bool | None = None,
         weights_only: bool | None = True,
+        weights: Weights = "evaluation",
         **kwargs: Any,
     ) -> Self:
         """Restore a task from a checkpoint, loading it with ``weights_only=True`` by default.
@@ -744,6 +816,10 @@ class BaseTaskModule(pl.LightningModule):
             Whether the state dict must match exactly.
         weights_only
             Passed to :func:`torch.load`; ``True`` unless set.
+        weights
+            ``"evaluation"``: the weights validation used, i.e. the averaged ones when the
+            checkpoint has an :class:`ExponentialMovingAverage` record; ``"raw"``: the trained
+            weights that a resumed run continues from.
         **kwargs
             Constructor arguments overriding the stored ones (e.g. ``encoder=...``).
 
@@ -751,10 +827,22 @@ class BaseTaskModule(pl.LightningModule):
         -------
         BaseTaskModule
             The restored task.
+
+        Raises
+        ------
+        ValueError
+            If the file is truncated, corrupted or not a Lightning checkpoint (naming it), or
+            ``weights`` is unknown.
         """
+        check_weights(weights)
+        checkpoint = read_checkpoint(
+            checkpoint_path, caller=f"{cls.__name__}.load_from_checkpoint",
+            required_keys=("state_dict",),
+        )  # fmt: skip
         task = super().load_from_checkpoint(
             checkpoint_path, map_location, hparams_file, strict, weights_only=weights_only, **kwargs
         )
+        apply_evaluation_weights(task, checkpoint, weights)
         return task
 
     @classmethod
@@ -781,9 +869,14 @@ class BaseTaskModule(pl.LightningModule):
         Raises
         ------
         ValueError
-            If the checkpoint holds no encoder weights or the encoder's weights do not fit.
+            If the checkpoint is truncated or corrupted, holds no encoder weights, or the
+            encoder's weights do not fit.
         """
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        state = read_checkpoint(
+            checkpoint,
+            caller=f"{cls.__name__}.from_pretrained_encoder",
+            required_keys=("state_dict",),
+        )
         hparams = state.get("hyper_parameters", {})
         if "encoder" not in task_kwargs and "encoder_class" not in task_kwargs:
             task_kwargs["encoder_class"] = hparams.get("encoder_class")
@@ -846,6 +939,30 @@ def _plain_output_kwargs(output_kwargs: dict[str, Any]) -> dict[str, Any]:
         else:
             plain[name] = to_plain(value, argument=f"output_kwargs[{name!r}]")
     return plain
+
+
+def rank_average_weight(batch_size: int) -> int:
+    """The ``batch_size`` to give ``self.log`` for a value averaged over DDP ranks: a float.
+
+    Lightning 2.6 sums the logged batch sizes in an integer tensor and floors its average over
+    ranks, which inflates ``sync_dist`` means when the ranks saw different numbers of
+    structures (Lightning issue #21859; evaluation shards without padding do). A float count
+    keeps the average exact; Lightning only ever adds and divides it.
+    """
+    return cast(int, float(batch_size))
+
+
+def _any_missing(targets: Mapping[str, Tensor]) -> dict[str, bool]:
+    """Whether each float target has a NaN, read from the device in one transfer.
+
+    Integer targets are never missing and cost nothing; float targets cost one host
+    synchronization per step in all (metrics need the present rows, whose number is data).
+    """
+    floats = [key for key, target in targets.items() if target.is_floating_point()]
+    if not floats:
+        return {}
+    flags = torch.stack([torch.isnan(targets[key]).any() for key in floats]).tolist()
+    return dict(zip(floats, flags, strict=True))
 
 
 def _present(target: Tensor) -> Tensor:

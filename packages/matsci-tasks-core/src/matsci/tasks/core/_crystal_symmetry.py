@@ -98,14 +98,34 @@ class CrystalSymmetryClassificationTask(BaseTaskModule):
         return [AttributeSpec(keys.SPACEGROUP, "graph", (1,), dtype="int", squeeze_ok=True)]
 
     def get_target(self, batch: Any, key: str) -> Tensor:
-        """Space group numbers ``[B]`` (1..230), checked on every batch."""
+        """Space group numbers ``[B]`` (1..230), checked on every batch without a host sync.
+
+        On the CPU a label outside 1..230 raises a ``ValueError`` naming it. On an accelerator
+        the check is asynchronous (``torch._assert_async``: reading the labels back would stall
+        every step); the first batch of each stage is checked with the clear error by
+        :meth:`check_batch`, and a bad label in a later batch stops the run with a device-side
+        assertion.
+        """
         labels: Tensor = batch[key].reshape(-1)
-        if bool(((labels < 1) | (labels > NUM_SPACEGROUPS)).any()):
-            bad = sorted(set(labels[(labels < 1) | (labels > NUM_SPACEGROUPS)].tolist()))
-            raise ValueError(
-                f"CrystalSymmetryClassificationTask: space group labels {bad} are outside 1..230"
-            )
+        inside = (labels >= 1) & (labels <= NUM_SPACEGROUPS)
+        if labels.device.type == "cpu":
+            _raise_outside(labels, inside)
+        else:
+            torch._assert_async(inside.all(), _OUTSIDE)
         return labels
+
+    def check_batch(self, batch: Any, *, with_targets: bool = True) -> None:
+        """The checks of :meth:`BaseTaskModule.check_batch`, and labels within 1..230.
+
+        Raises
+        ------
+        ValueError
+            On a malformed batch, or naming the labels outside 1..230.
+        """
+        super().check_batch(batch, with_targets=with_targets)
+        if with_targets:
+            labels: Tensor = batch[keys.SPACEGROUP].reshape(-1)
+            _raise_outside(labels, (labels >= 1) & (labels <= NUM_SPACEGROUPS))
 
     def loss_target(self, key: str, target: Tensor) -> Tensor:
         """Class indices from 0 for the loss."""
@@ -152,4 +172,15 @@ class CrystalSymmetryClassificationTask(BaseTaskModule):
                 "top5": MulticlassAccuracy(NUM_SPACEGROUPS, top_k=5, average="micro"),
                 "f1_macro": MulticlassF1Score(NUM_SPACEGROUPS, average="macro"),
             }
+        )
+
+
+_OUTSIDE = "CrystalSymmetryClassificationTask: space group labels outside 1..230"
+
+
+def _raise_outside(labels: Tensor, inside: Tensor) -> None:
+    if not bool(inside.all()):
+        bad = sorted(set(labels[~inside].tolist()))
+        raise ValueError(
+            f"CrystalSymmetryClassificationTask: space group labels {bad} are outside 1..230"
         )

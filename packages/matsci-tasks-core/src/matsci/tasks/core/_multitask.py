@@ -13,8 +13,23 @@ from torch_geometric.data import Batch
 from torchmetrics import MeanMetric, MetricCollection
 from typing_extensions import override
 
-from matsci.tasks.core._base_task import BaseTaskModule, Stage, build_encoder
+from matsci.tasks.core._base_task import (
+    BaseTaskModule,
+    Stage,
+    build_encoder,
+    rank_average_weight,
+)
+from matsci.tasks.core._checkpoint_io import read_checkpoint
 from matsci.tasks.core._config import import_class, to_plain
+from matsci.tasks.core._ema import Weights, apply_evaluation_weights, check_weights
+from matsci.tasks.core._epoch_means import (
+    EpochMeans,
+    PendingMetricInputs,
+    is_logging_step,
+    log_epoch_metrics,
+    log_training_epoch,
+    log_training_step,
+)
 from matsci.tasks.core._inputs import InputRequest, gradients_enabled, prepare_encoder_input
 from matsci.tasks.core._loss_weights import LossWeightSchedule
 from matsci.tasks.core._optim import check_scheduler_kwargs, optimization_config, optimizer_path
@@ -162,6 +177,8 @@ class MultiTaskLitModule(pl.LightningModule):
         self.optimizer_path = optimizer_path(optimizer)
         self.scheduler_config = check_scheduler_kwargs(scheduler_kwargs)
         self._requests = {dataset: self._view_groups(dataset) for dataset in self.dataset_tasks}
+        self._train_means = EpochMeans(["train/loss"])
+        self._pending_train_metrics = {t: PendingMetricInputs() for t in self.task_names}
         # Only plain data: the checkpoint rebuilds every task from task_configs.
         self.save_hyperparameters(
             {
@@ -359,12 +376,33 @@ class MultiTaskLitModule(pl.LightningModule):
         return self.predict(by_dataset)
 
     @override
+    def on_train_epoch_start(self) -> None:
+        self._train_means.reset()
+        for pending in self._pending_train_metrics.values():
+            pending.clear()
+
+    @override
+    def on_train_epoch_end(self) -> None:
+        log_training_epoch(self, self._train_means)
+        for task_id in self.task_names:
+            self._flush_train_metrics(task_id)
+        self._log_epoch_metrics("train")
+
+    def _flush_train_metrics(self, task_id: str) -> None:
+        pending = self._pending_train_metrics[task_id].pop()
+        if pending is not None:
+            collections = self._metric_collections("train", task_id)
+            self.task(task_id)._feed_metrics(collections, *pending)
+
+    @override
     def on_validation_epoch_end(self) -> None:
         self._log_eval_losses("val")
+        self._log_epoch_metrics("val")
 
     @override
     def on_test_epoch_end(self) -> None:
         self._log_eval_losses("test")
+        self._log_epoch_metrics("test")
 
     @override
     def configure_optimizers(self) -> Any:
@@ -411,22 +449,28 @@ class MultiTaskLitModule(pl.LightningModule):
             task = self.task(task_id)
             data = by_dataset[task_id.split("/", 1)[0]]
             batch_size = int(data.num_graphs)
-            task_total, losses = task.compute_losses(task_outputs, data)
+            targets = task.get_targets(data)
+            task_total, losses = task.compute_losses(task_outputs, data, targets=targets)
             terms.append(self.loss_weight(task_id) * task_total)
             if training:
-                self.log(f"train/{task_id}/loss", task_total, batch_size=batch_size)
-                for key, value in losses.items():
-                    self.log(f"train/{task_id}/{key}/loss", value, batch_size=batch_size)
+                # Step values reach the loggers only on logging steps: log them only there.
+                if is_logging_step(self):
+                    self.log(f"train/{task_id}/loss", task_total, batch_size=batch_size)
+                    for key, value in losses.items():
+                        self.log(f"train/{task_id}/{key}/loss", value, batch_size=batch_size)
             else:
                 self._eval_loss(stage, task_id).update(task_total.detach(), weight=batch_size)
                 for key, value in losses.items():
-                    self.log(f"{stage}/{task_id}/{key}/loss", value, batch_size=batch_size,
-                             sync_dist=True, add_dataloader_idx=False)  # fmt: skip
-            collections = self._metric_collections(stage, task_id)
-            task.update_metrics(collections, task_outputs, data)
-            for collection in collections.values():
-                self.log_dict(collection, batch_size=batch_size, on_step=False, on_epoch=True,
-                              add_dataloader_idx=False)  # fmt: skip
+                    self.log(f"{stage}/{task_id}/{key}/loss", value, sync_dist=True,
+                             batch_size=rank_average_weight(batch_size),
+                             add_dataloader_idx=False)  # fmt: skip
+            # Metrics are computed, logged and reset once per epoch (on_*_epoch_end); training
+            # steps are fed in groups (see BaseTaskModule._update_metrics).
+            predictions = task._metric_predictions(task_outputs)
+            if not training:
+                task._feed_metrics(self._metric_collections(stage, task_id), predictions, targets)
+            elif self._pending_train_metrics[task_id].add(predictions, targets):
+                self._flush_train_metrics(task_id)
         if training:
             # Heads of tasks without a batch this step still join the graph (with weight 0), so
             # DDP sees a gradient for every parameter and needs no find_unused_parameters.
@@ -435,8 +479,7 @@ class MultiTaskLitModule(pl.LightningModule):
         total = torch.stack(terms).sum()
         if training:
             size = sum(int(data.num_graphs) for data in by_dataset.values())
-            self.log("train/loss", total, prog_bar=True, batch_size=size, on_step=True,
-                     on_epoch=True)  # fmt: skip
+            log_training_step(self, self._train_means, [total], size)
         return total
 
     def _eval_loss(self, stage: Stage, task_id: str) -> MeanMetric:
@@ -448,6 +491,12 @@ class MultiTaskLitModule(pl.LightningModule):
         per_task: nn.ModuleDict = self.metrics[f"{stage}_metrics"]  # type: ignore[assignment]
         collections: Mapping[str, MetricCollection] = per_task[_slot(task_id)]  # type: ignore[assignment]
         return collections
+
+    def _log_epoch_metrics(self, stage: Stage) -> None:
+        log_epoch_metrics(
+            self,
+            [c for t in self.task_names for c in self._metric_collections(stage, t).values()],
+        )
 
     def _log_eval_losses(self, stage: Stage) -> None:
         total: Tensor | None = None
@@ -563,6 +612,7 @@ class MultiTaskLitModule(pl.LightningModule):
         hparams_file: Any = None,
         strict: bool | None = None,
         weights_only: bool | None = True,
+        weights: Weights = "evaluation",
         **kwargs: Any,
     ) -> Self:
         """Restore the module, every task and the shared encoder, with ``weights_only=True``.
@@ -579,6 +629,9 @@ class MultiTaskLitModule(pl.LightningModule):
             Whether the state dict must match exactly.
         weights_only
             Passed to :func:`torch.load`; ``True`` unless set.
+        weights
+            ``"evaluation"``: the weights validation used (the averaged ones when the checkpoint
+            has an :class:`ExponentialMovingAverage` record); ``"raw"``: the trained weights.
         **kwargs
             Constructor arguments overriding the stored ones (e.g. ``encoder=...`` when the
             encoder's class cannot be imported by its path).
@@ -587,10 +640,22 @@ class MultiTaskLitModule(pl.LightningModule):
         -------
         MultiTaskLitModule
             The restored module.
+
+        Raises
+        ------
+        ValueError
+            If the file is truncated, corrupted or not a Lightning checkpoint (naming it), or
+            ``weights`` is unknown.
         """
+        check_weights(weights)
+        checkpoint = read_checkpoint(
+            checkpoint_path, caller=f"{cls.__name__}.load_from_checkpoint",
+            required_keys=("state_dict",),
+        )  # fmt: skip
         module = super().load_from_checkpoint(
             checkpoint_path, map_location, hparams_file, strict, weights_only=weights_only, **kwargs
         )
+        apply_evaluation_weights(module, checkpoint, weights)
         return module
 
 

@@ -211,7 +211,8 @@ def validate_batch(batch: Batch | Data, specs: Iterable[AttributeSpec], *, conte
     The sizes are B structures (``batch.num_graphs``; 1 for a single :class:`Data`), N atoms
     (the length of the ``batch`` vector that PyG adds when collating; ``data.num_nodes`` for a
     single :class:`Data`) and E edges (``edge_index.shape[1]``). Beyond each spec, ``natoms``
-    must sum to N and ``edge_index`` values must lie in ``[0, N)``. Each check is a few tensor
+    must sum to N with every structure holding an atom, atomic numbers must be elements (1 to
+    118), coordinates at most 1e5 Å, and ``edge_index`` values in ``[0, N)``. Each check is a few tensor
     operations, with no Python loop over atoms or edges; the first failure raises.
 
     Parameters
@@ -230,8 +231,10 @@ def validate_batch(batch: Batch | Data, specs: Iterable[AttributeSpec], *, conte
         If ``batch`` is not a ``Data`` or ``Batch``.
     ValueError
         If the batch holds no structures, or an attribute is missing (and not optional), is not a
-        tensor, has the wrong shape, dtype or non-finite values, if ``natoms`` does not sum to N,
-        or ``edge_index`` points outside ``[0, N)``. The message names the attribute, what was
+        tensor, has the wrong shape, dtype or non-finite values, if ``natoms`` does not sum to N
+        or a structure has no atoms, ``atomic_numbers`` lie outside 1 to 118, a coordinate of
+        ``pos`` exceeds :data:`~matsci.transforms.keys.MAX_ABS_POSITION` (1e5 Å), or
+        ``edge_index`` points outside ``[0, N)``. The message names the attribute, what was
         found and what was expected, with symbolic and concrete sizes.
 
     Examples
@@ -368,6 +371,27 @@ def _check_attribute(batch: Data, spec: AttributeSpec, sizes: _Sizes, context: s
         total, num_atoms = int(value.sum()), sizes.num_atoms()
         if total != num_atoms:
             raise ValueError(f"{label} sums to {total}, expected N={num_atoms} atoms in the batch")
+        empty = (value.reshape(-1) < 1).nonzero().reshape(-1)
+        if empty.numel() > 0:
+            raise ValueError(
+                f"{label}: structures {empty.tolist()} of the batch have no atoms; every "
+                "structure needs at least one"
+            )
+    elif spec.name == keys.ATOMIC_NUMBERS and value.numel() > 0:
+        low, high = torch.stack(torch.aminmax(value)).tolist()  # one host sync
+        if low < 1 or high > keys.MAX_ATOMIC_NUMBER:
+            unknown = sorted(set(value[(value < 1) | (value > keys.MAX_ATOMIC_NUMBER)].tolist()))
+            raise ValueError(
+                f"{label} has unknown elements {unknown[:10]}, expected atomic numbers "
+                f"1 to {keys.MAX_ATOMIC_NUMBER}"
+            )
+    elif spec.name == keys.POS and value.numel() > 0:
+        largest = float(value.detach().abs().amax())
+        if largest > keys.MAX_ABS_POSITION:
+            raise ValueError(
+                f"{label} has a coordinate of magnitude {largest:.3g} Å, expected at most "
+                f"{keys.MAX_ABS_POSITION:.0e} Å (corrupt or unwrapped positions?)"
+            )
     elif spec.name == keys.EDGE_INDEX and value.numel() > 0:
         num_atoms = sizes.num_atoms()
         low, high = torch.stack(torch.aminmax(value)).tolist()  # one host sync

@@ -1,0 +1,332 @@
+"""The ``matsci`` command: Lightning's ``LightningCLI`` with matsci's defaults and reports."""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from argparse import RawDescriptionHelpFormatter
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+from jsonargparse import DefaultHelpFormatter
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.trainer.states import TrainerStatus
+from typing_extensions import override
+
+from matsci.cli._check_targets import CheckTargets
+from matsci.cli._errors import DEBUG_VARIABLE, ConfigError, ShortErrorParser, shorten
+from matsci.cli._fit_normalizers import FitNormalizers
+from matsci.cli._paths import next_version, resolve_bundled
+from matsci.cli._plots import learning_curve_plot, write_parity_plots
+from matsci.cli._predict import predict_main
+from matsci.cli._pretrained_encoder import PretrainedEncoder
+from matsci.cli._report import metrics_table
+from matsci.cli._run_info import RunInfo
+
+_DESCRIPTION: Final = """\
+Train, test and use matsci tasks from YAML configuration files.
+
+  matsci fit --config examples/forces_schnet.yaml     train, then test the best checkpoint
+  matsci test --config CONFIG --ckpt_path CKPT        test a checkpoint
+  matsci validate --config CONFIG --ckpt_path CKPT    validate a checkpoint
+  matsci predict --ckpt_path CKPT --data FILE [--output OUT.csv|OUT.db]
+                                                      predict for every structure of a file
+  matsci fit --config CONFIG --print_config           the complete config, to save and re-run
+
+Every task, encoder, data module, transform, loss, scheduler and callback is chosen by class
+path with its arguments in YAML. Set MATSCI_DEBUG=1 to see tracebacks instead of short errors.
+"""
+
+_JSONARGPARSE_NOTICES: Final = (
+    r"\s*(By default only one JsonargparseDeprecation|skip_none parameter)"
+)
+
+_USER_ERRORS: Final = (
+    ConfigError,
+    ValueError,
+    TypeError,
+    FileNotFoundError,
+    MisconfigurationException,
+)
+
+
+class _DescriptionAsWritten(RawDescriptionHelpFormatter, DefaultHelpFormatter):
+    """jsonargparse's help, with the description's line breaks kept."""
+
+
+class MatsciCLI(LightningCLI):
+    """``LightningCLI`` for matsci: the ``fit``, ``validate`` and ``test`` subcommands.
+
+    On top of Lightning's CLI (models and data modules chosen by ``class_path``, every argument
+    in YAML, ``--print_config``), the defaults a user of the field expects:
+
+    - ``seed_everything: 0``, and the resolved config saved as ``config.yaml`` in each run;
+    - logs in ``<runs_dir>/<run_name>/version_N`` (CSV and TensorBoard in one folder) unless
+      ``trainer.logger`` is set; ``run_name`` defaults to the config file's name;
+    - ``model_checkpoint``: the best (lowest ``val/loss``) and the last checkpoint, as
+      ``checkpoints/best.ckpt`` and ``checkpoints/last.ckpt``;
+    - ``normalizers``: :class:`FitNormalizers` fits the task's normalizers on the training data
+      at the start of a fresh fit (not when resuming with ``ckpt_path``);
+    - ``pretrained_encoder``: :class:`PretrainedEncoder` starts from another run's encoder;
+    - a check at setup that the data holds every target key of the model;
+    - after ``fit``, ``test`` of the best checkpoint (``test_after_fit``); after ``test``, a
+      table of test metrics with units, parity plots and a learning curve (``plots``) in the
+      run folder;
+    - strings ``"bundled:emt"`` and ``"bundled:spacegroup"`` stand for the example databases
+      shipped with ``matsci-data``.
+
+    Errors in the config end in one short message (see :func:`main`).
+
+    Parameters
+    ----------
+    args
+        Command-line arguments (default ``sys.argv[1:]``).
+    run
+        Run the subcommand (``True``) or only parse and instantiate.
+    """
+
+    def __init__(self, args: Sequence[str] | None = None, run: bool = True) -> None:
+        super().__init__(
+            model_class=LightningModule,
+            datamodule_class=LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            save_config_kwargs={"overwrite": True},
+            seed_everything_default=0,
+            parser_class=ShortErrorParser,
+            parser_kwargs={
+                "prog": "matsci",
+                "description": _DESCRIPTION,
+                "formatter_class": _DescriptionAsWritten,
+            },
+            # Tasks configure their optimizer and scheduler from their own arguments.
+            auto_configure_optimizers=False,
+            # Tasks save plain-data hyperparameters themselves (weights_only checkpoints).
+            load_from_checkpoint_support=False,
+            args=None if args is None else list(args),
+            run=run,
+        )
+
+    @staticmethod
+    @override
+    def subcommands() -> dict[str, set[str]]:
+        """``fit``, ``validate`` and ``test``; ``matsci predict`` has its own parser."""
+        commands = dict(LightningCLI.subcommands())
+        commands.pop("predict")
+        return commands
+
+    def _parse_ckpt_path(self) -> None:
+        """Keep the model config as given: do not merge the checkpoint's hyperparameters into it.
+
+        Lightning's CLI would parse a checkpoint's hyperparameters as model arguments; the
+        plain-data hyperparameters of matsci tasks (per-key loss configs, ...) are what the
+        task made of its arguments, not arguments. The weights, normalizers included, still
+        come from the checkpoint.
+        """
+
+    @override
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        """Add the run folder, checkpoint, normalizer and pretrained-encoder options."""
+        parser.add_argument(
+            "--run_name",
+            type=str | None,
+            default=None,
+            help="Name of the run's log folder (default: the config file's name, else 'matsci').",
+        )
+        parser.add_argument(
+            "--runs_dir", type=str, default="runs", help="Folder that holds the runs' folders."
+        )
+        parser.add_argument(
+            "--test_after_fit",
+            type=bool,
+            default=True,
+            help="After fit, test the best checkpoint and report its metrics.",
+        )
+        parser.add_argument(
+            "--plots",
+            type=bool,
+            default=True,
+            help="After testing, write parity plots and a learning curve into the run folder.",
+        )
+        parser.add_lightning_class_args(ModelCheckpoint, "model_checkpoint")
+        parser.set_defaults(
+            {
+                "model_checkpoint.monitor": "val/loss",
+                "model_checkpoint.mode": "min",
+                "model_checkpoint.filename": "best",
+                "model_checkpoint.save_last": True,
+            }
+        )
+        parser.add_lightning_class_args(FitNormalizers, "normalizers")
+        parser.add_lightning_class_args(PretrainedEncoder, "pretrained_encoder")
+
+    @override
+    def before_instantiate_classes(self) -> None:
+        """Name the run, refuse encoder instances in configs, and prepare the fixed callbacks."""
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        if config.get("run_name") is None:
+            files = config.get("config") or []
+            config.run_name = Path(str(files[0])).stem if files else "matsci"
+        init_args = config.get("model", {}).get("init_args", {})
+        if init_args is not None and init_args.get("encoder") is not None:
+            raise ConfigError(
+                "model.init_args.encoder: give encoder_class and encoder_kwargs instead, so "
+                "checkpoints can rebuild the encoder"
+            )
+        parser = self._parser(self.subcommand)
+        dumped = parser.dump(config, format="json", skip_unset=False)
+        self.trainer_defaults["callbacks"] = [CheckTargets(), RunInfo(dumped)]
+
+    @override
+    def instantiate_classes(self) -> None:
+        """Instantiate from a copy of the config in which ``bundled:`` names are paths."""
+        self.config_init = self.parser.instantiate(resolve_bundled(self.config))
+        self.datamodule = self._get(self.config_init, "data")
+        self.model = self._get(self.config_init, "model")
+        self.trainer = self.instantiate_trainer()
+
+    @override
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        """The trainer, with CSV and TensorBoard loggers in one run folder by default."""
+        trainer_config = self._get(self.config_init, "trainer", default={})
+        if trainer_config.get("logger") in (None, True) and "logger" not in kwargs:
+            config = self.config[self.subcommand] if self.subcommand else self.config
+            runs_dir, name = str(config.runs_dir), str(config.run_name)
+            version = next_version(runs_dir, name)
+            kwargs["logger"] = [
+                CSVLogger(runs_dir, name=name, version=version),
+                TensorBoardLogger(runs_dir, name=name, version=version, default_hp_metric=False),
+            ]
+        trainer = super().instantiate_trainer(**kwargs)
+        # The target check runs first: normalizer fitting would otherwise meet a missing key.
+        callbacks: list[Callback] = trainer.callbacks  # type: ignore[attr-defined]
+        callbacks.sort(key=lambda callback: not isinstance(callback, CheckTargets))
+        return trainer
+
+    def after_fit(self) -> None:
+        """Test the best checkpoint, report its metrics and write the plots."""
+        config = self.config[self.subcommand]
+        if self.trainer.state.status == TrainerStatus.INTERRUPTED:
+            return
+        if config.test_after_fit:
+            checkpoint = self.trainer.checkpoint_callback
+            best = getattr(checkpoint, "best_model_path", "") if checkpoint else ""
+            results = self.trainer.test(
+                self.model, datamodule=self.datamodule, ckpt_path=best or None, verbose=False
+            )
+            self._report(results, best or "the final weights", plots=config.plots)
+        elif config.plots:
+            self._learning_curve(None)
+        print(f"matsci: run folder {self.trainer.log_dir}")
+
+    def test(self, **kwargs: Any) -> None:
+        """Run ``trainer.test`` and report the metrics with units instead of Lightning's table.
+
+        Parameters
+        ----------
+        **kwargs
+            Arguments of :meth:`lightning.pytorch.Trainer.test`.
+        """
+        verbose = kwargs.pop("verbose", True)
+        results = self.trainer.test(**kwargs, verbose=False)
+        config = self.config[self.subcommand]
+        ckpt_path = kwargs.get("ckpt_path")
+        if verbose:
+            self._report(results, ckpt_path or "the initial weights", plots=config.plots)
+        print(f"matsci: run folder {self.trainer.log_dir}")
+
+    # -- reports -----------------------------------------------------------------------------
+
+    def _report(self, results: Sequence[Mapping[str, float]], source: str, *, plots: bool) -> None:
+        metrics = {name: value for result in results for name, value in result.items()}
+        print(f"\ntest metrics of {source}:\n{metrics_table(metrics)}\n")
+        if not plots or not self.trainer.is_global_zero:
+            return
+        written = self._parity_plots()
+        curve = self._learning_curve(source if source.endswith(".ckpt") else None)
+        if curve is not None:
+            written.append(curve)
+        if written:
+            print("matsci: plots " + ", ".join(str(path) for path in written))
+
+    def _parity_plots(self) -> list[Path]:
+        folder = Path(self.trainer.log_dir or ".")
+        folder.mkdir(parents=True, exist_ok=True)
+        model, datamodule = self.model, self.datamodule
+        if datamodule is None:
+            return []
+        model.eval()
+        dataset_tasks = getattr(model, "dataset_tasks", None)
+        datasets = getattr(datamodule, "datasets", None)
+        if isinstance(dataset_tasks, Mapping) and isinstance(datasets, Mapping):
+            written: list[Path] = []
+            for dataset, task_ids in dataset_tasks.items():
+                for task_id in task_ids:
+                    task = model.task(task_id)
+                    loader = datasets[dataset].test_dataloader()
+                    written += write_parity_plots(task, loader, folder, prefix=f"{task_id}/")
+            return written
+        if not hasattr(model, "task_keys"):
+            return []
+        return write_parity_plots(model, datamodule.test_dataloader(), folder)
+
+    def _learning_curve(self, checkpoint: str | None) -> Path | None:
+        """Learning curve of this run's CSV log, or of the run that wrote ``checkpoint``."""
+        folder = Path(self.trainer.log_dir or ".")
+        candidates = [
+            Path(logger.log_dir) / "metrics.csv"
+            for logger in self.trainer.loggers
+            if isinstance(logger, CSVLogger)
+        ]
+        if checkpoint is not None:
+            candidates.append(Path(checkpoint).resolve().parent.parent / "metrics.csv")
+        for metrics_csv in candidates:
+            path = folder / "learning_curve.png"
+            if metrics_csv.is_file() and learning_curve_plot(metrics_csv, path):
+                return path
+        return None
+
+
+def main(args: Sequence[str] | None = None) -> None:
+    """Run the ``matsci`` command; errors in the config end in one short message.
+
+    ``matsci fit|validate|test`` go to :class:`MatsciCLI`, ``matsci predict`` to the
+    prediction command. A mistake the user can fix (unknown class path, misspelled argument,
+    missing data file, target key absent from the data, ...) is printed as one line on
+    standard error and ends the program with status 2; set ``MATSCI_DEBUG=1`` for the full
+    traceback.
+
+    Parameters
+    ----------
+    args
+        Command-line arguments without the program name (default ``sys.argv[1:]``).
+
+    Raises
+    ------
+    SystemExit
+        With status 2 on a user error (0 after ``--help`` or ``--print_config``).
+    """
+    argv = list(sys.argv[1:] if args is None else args)
+    program, sys.argv = sys.argv, ["matsci", *argv]  # LightningCLI reads sys.argv
+    try:
+        with warnings.catch_warnings():
+            # Lightning's SaveConfigCallback uses an argument that jsonargparse deprecated.
+            warnings.filterwarnings("ignore", message=_JSONARGPARSE_NOTICES)
+            if argv[:1] == ["predict"]:
+                predict_main(argv[1:])
+            else:
+                MatsciCLI()
+    except _USER_ERRORS as error:
+        if os.environ.get(DEBUG_VARIABLE, "") not in ("", "0"):
+            raise
+        print(f"matsci: error: {shorten(str(error))}", file=sys.stderr)
+        print(f"(set {DEBUG_VARIABLE}=1 for the traceback)", file=sys.stderr)
+        raise SystemExit(2) from None
+    finally:
+        sys.argv = program

@@ -1,0 +1,364 @@
+# mypy: untyped-calls-exclude=ase
+"""``matsci predict``: predictions of a trained task for every structure of a file."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+import ase.db
+import ase.io
+import numpy as np
+import torch
+from ase import Atoms
+from jsonargparse import ArgumentParser, Namespace
+from lightning.pytorch import LightningModule
+from torch import Tensor
+from torch_geometric.data import Batch
+from torch_geometric.loader import DataLoader
+from torch_geometric.transforms import BaseTransform
+
+from matsci.cli._errors import ConfigError, ShortErrorParser
+from matsci.cli._run_info import CHECKPOINT_KEY
+from matsci.data import AseDbDataset, ExtxyzDataset
+from matsci.tasks.core import import_class
+from matsci.transforms import keys
+
+_DB_SUFFIXES: Final = (".db",)
+_XYZ_SUFFIXES: Final = (".xyz", ".extxyz")
+_CSV_SUFFIXES: Final = (".csv",)
+_VOIGT: Final = {"xx": (0, 0), "yy": (1, 1), "zz": (2, 2), "yz": (1, 2), "xz": (0, 2), "xy": (0, 1)}
+_IDENTIFIERS: Final = ("structure_id", "formula", "natoms")
+_PER_ATOM: Final = "_per_atom"
+
+
+def predict_parser() -> ArgumentParser:
+    """The parser of ``matsci predict``.
+
+    Returns
+    -------
+    jsonargparse.ArgumentParser
+        Options ``--ckpt_path``, ``--data``, ``--output``, ``--batch_size``, ``--device``.
+    """
+    parser = ShortErrorParser(
+        prog="matsci predict",
+        description=(
+            "Predict with a checkpoint written by `matsci fit` for every structure of an ASE "
+            "database or extxyz file. A .csv output has one row per structure: structure_id "
+            "(database row id or frame index), formula, natoms and the predictions per "
+            "structure (energy in eV; stress in eV/Å³ as stress_xx, stress_yy, stress_zz, "
+            "stress_yz, stress_xz, stress_xy; class labels "
+            "and probabilities); per-atom predictions (forces) are summarized by their largest "
+            "norm (force_max_norm). A .db output is a copy of the input database (or a new "
+            "database of the extxyz frames) with predicted_<key> key-value pairs for numbers "
+            "and predicted_<key> arrays in each row's data (forces per atom). The input file is "
+            "never modified."
+        ),
+    )
+    parser.add_argument("--ckpt_path", type=str, required=True, help="Checkpoint of `matsci fit`.")
+    parser.add_argument("--data", type=str, required=True, help="Database or extxyz file.")
+    parser.add_argument(
+        "--output",
+        type=str | None,
+        default=None,
+        help="A .csv or .db file (default: <data name>_predictions.csv here).",
+    )
+    parser.add_argument(
+        "--dataset",
+        type=str | None,
+        default=None,
+        help="Multi-task checkpoints: the dataset whose transform and tasks to use (columns "
+        "<task>_<key>); may be left out when the model has one dataset.",
+    )
+    parser.add_argument("--batch_size", type=int, default=32, help="Structures per batch.")
+    parser.add_argument("--device", type=str, default="cpu", help="Torch device, e.g. cuda.")
+    return parser
+
+
+def predict_main(args: Sequence[str]) -> None:
+    """Run ``matsci predict`` with the given arguments (without ``predict``).
+
+    Parameters
+    ----------
+    args
+        Command-line arguments.
+
+    Raises
+    ------
+    ConfigError
+        On a missing or foreign checkpoint, an unknown file type, or an output that would
+        overwrite the input.
+    """
+    config = predict_parser().parse_args(list(args))
+    output = config.output or f"{Path(config.data).stem}_predictions.csv"
+    count = predict_to_file(
+        config.ckpt_path, config.data, output, dataset=config.dataset,
+        batch_size=config.batch_size, device=config.device,
+    )  # fmt: skip
+    print(f"matsci: {count} predictions written to {output}")
+
+
+def predict_to_file(
+    ckpt_path: str | Path,
+    data: str | Path,
+    output: str | Path,
+    *,
+    dataset: str | None = None,
+    batch_size: int = 32,
+    device: str = "cpu",
+) -> int:
+    """Write the predictions of a checkpoint for every structure of ``data`` into ``output``.
+
+    Parameters
+    ----------
+    ckpt_path
+        A checkpoint written by ``matsci fit`` (it holds the model class and the data
+        transform).
+    data
+        An ASE database (``.db``) or extxyz file (``.xyz``, ``.extxyz``).
+    output
+        A ``.csv`` file (one row per structure) or a ``.db`` file (a copy of the database,
+        with predictions added to each row).
+    dataset
+        For a multi-task checkpoint, the dataset whose transform and tasks to use (needed
+        when it has several).
+    batch_size
+        Structures per batch.
+    device
+        Torch device to run the model on.
+
+    Returns
+    -------
+    int
+        The number of structures.
+
+    Raises
+    ------
+    ConfigError
+        On a missing or foreign checkpoint, an unknown file type, or an output that is the
+        input.
+    """
+    data_path, output_path = Path(data), Path(output)
+    if output_path.suffix not in _CSV_SUFFIXES + _DB_SUFFIXES:
+        raise ConfigError(
+            f"predict --output {str(output_path)!r}: expected a .csv or .db file name"
+        )
+    if output_path.exists() and output_path.resolve() == data_path.resolve():
+        raise ConfigError(f"predict --output {str(output_path)!r} is the input file")
+    model, transform = load_for_prediction(ckpt_path, dataset=dataset)
+    structures = _dataset(data_path, transform)
+    model = model.to(torch.device(device)).eval()
+    predict, levels = _predictor(model, dataset)
+    rows = list(_predict_rows(predict, levels, structures, batch_size, torch.device(device)))
+    if output_path.suffix in _CSV_SUFFIXES:
+        _write_csv(rows, output_path)
+    else:
+        _write_db(rows, data_path, output_path)
+    return len(rows)
+
+
+def load_for_prediction(
+    ckpt_path: str | Path, *, dataset: str | None = None
+) -> tuple[LightningModule, BaseTransform | None]:
+    """The model of a ``matsci fit`` checkpoint and the transform of its training data.
+
+    Parameters
+    ----------
+    ckpt_path
+        The checkpoint.
+    dataset
+        For a multi-task run over several datasets, the one whose transform to return.
+
+    Returns
+    -------
+    tuple
+        ``(model, transform)``; the transform is ``None`` if the data had none.
+
+    Raises
+    ------
+    ConfigError
+        If the file is missing or was not written by ``matsci fit``.
+    """
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise ConfigError(f"predict --ckpt_path {str(path)!r}: no such file")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    info = checkpoint.get(CHECKPOINT_KEY)
+    if not isinstance(info, dict):
+        raise ConfigError(
+            f"predict --ckpt_path {str(path)!r}: not written by `matsci fit` (no "
+            f"{CHECKPOINT_KEY!r} entry naming the model class and data transform)"
+        )
+    cls = import_class(info["model_class"], LightningModule, argument="model_class")
+    model = cls.load_from_checkpoint(path, map_location="cpu")
+    config = json.loads(info["config"])
+    data_args = (config.get("data") or {}).get("init_args") or {}
+    datasets = data_args.get("datasets")
+    if isinstance(datasets, dict):
+        name = _dataset_name(model, dataset)
+        data_args = (datasets.get(name) or {}).get("init_args") or {}
+    return model, _transform(data_args.get("transform"))
+
+
+def _dataset_name(model: LightningModule, dataset: str | None) -> str:
+    """The multi-task dataset to predict for: the one given, or the only one."""
+    names = [str(name) for name in getattr(model, "dataset_names", [])]
+    if dataset is None and len(names) == 1:
+        return names[0]
+    if dataset is None or dataset not in names:
+        given = "no --dataset" if dataset is None else f"--dataset {dataset!r}"
+        raise ConfigError(f"predict: {given}; choose one of the model's datasets {names}")
+    return dataset
+
+
+def _predictor(
+    model: LightningModule, dataset: str | None
+) -> tuple[Callable[[Batch], dict[str, Tensor]], dict[str, str]]:
+    """A function from a batch to ``{column: prediction}``, and each target key's level."""
+    if not hasattr(model, "dataset_tasks"):
+        specs = model.target_specs()  # type: ignore[operator]
+        return model.predict, {spec.name: spec.level for spec in specs}  # type: ignore[return-value]
+    name = _dataset_name(model, dataset)
+    levels: dict[str, str] = {}
+    dataset_tasks: dict[str, list[str]] = model.dataset_tasks  # type: ignore[assignment]
+    for task_id in dataset_tasks[name]:
+        task = model.task(task_id)  # type: ignore[operator]
+        task_name = task_id.split("/", 1)[1]
+        levels.update({f"{task_name}_{s.name}": s.level for s in task.target_specs()})
+
+    def predict(batch: Batch) -> dict[str, Tensor]:
+        by_task = model.predict({name: batch})[name]  # type: ignore[operator]
+        return {
+            f"{task}_{key}": value
+            for task, outputs in by_task.items()
+            for key, value in outputs.items()
+        }
+
+    return predict, levels
+
+
+def _transform(spec: Any) -> BaseTransform | None:
+    """Instantiate the training data's transform from its config."""
+    if spec is None:
+        return None
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_argument("--transform", type=BaseTransform | None)
+    parsed = parser.parse_object({"transform": spec})
+    instance: Namespace = parser.instantiate(parsed)
+    transform: BaseTransform | None = instance.transform
+    return transform
+
+
+def _dataset(path: Path, transform: BaseTransform | None) -> AseDbDataset | ExtxyzDataset:
+    if path.suffix in _DB_SUFFIXES:
+        return AseDbDataset(path, keys=[], transform=transform)
+    if path.suffix in _XYZ_SUFFIXES:
+        return ExtxyzDataset(path, keys=[], transform=transform)
+    raise ConfigError(
+        f"predict --data {str(path)!r}: expected an ASE database {list(_DB_SUFFIXES)} or an "
+        f"extxyz file {list(_XYZ_SUFFIXES)}"
+    )
+
+
+def _predict_rows(
+    predict: Callable[[Batch], dict[str, Tensor]],
+    levels: dict[str, str],
+    dataset: AseDbDataset | ExtxyzDataset,
+    batch_size: int,
+    device: torch.device,
+) -> Iterator[dict[str, Any]]:
+    """One dict per structure: id, formula, natoms, and predictions as NumPy arrays."""
+    for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+        batch = batch.to(device)
+        outputs = predict(batch)
+        natoms = batch[keys.NATOMS].reshape(-1).tolist()
+        offsets = np.cumsum([0, *natoms]).tolist()
+        numbers = batch[keys.ATOMIC_NUMBERS].cpu().numpy()
+        for i in range(batch.num_graphs):
+            row: dict[str, Any] = {
+                "structure_id": int(batch[keys.STRUCTURE_ID][i]),
+                "formula": _formula(numbers[offsets[i] : offsets[i + 1]]),
+                "natoms": natoms[i],
+            }
+            per_atom: set[str] = set()
+            for key, value in outputs.items():
+                if levels.get(key) == "node" or (
+                    key not in levels and value.shape[0] == batch.num_nodes != batch.num_graphs
+                ):
+                    per_atom.add(key)
+                    part = value[offsets[i] : offsets[i + 1]]
+                else:
+                    part = value[i]
+                row[key] = part.detach().cpu().numpy()
+            row[_PER_ATOM] = per_atom
+            yield row
+
+
+def _formula(numbers: np.ndarray[Any, Any]) -> str:
+    formula: str = Atoms(numbers=numbers).get_chemical_formula()
+    return formula
+
+
+def _csv_columns(key: str, value: np.ndarray[Any, Any], per_atom: bool) -> dict[str, Any]:
+    """Columns of one prediction: a number, its components, or a per-atom summary."""
+    if per_atom:
+        norms = np.linalg.norm(value.reshape(value.shape[0], -1), axis=1)
+        return {f"{key}_max_norm": float(norms.max()) if norms.size else 0.0}
+    flat = value.reshape(-1)
+    if flat.size == 1:
+        return {key: flat[0].item()}
+    if value.shape == (3, 3):  # symmetric: ASE's Voigt order xx, yy, zz, yz, xz, xy
+        return {f"{key}_{name}": float(value[i, j]) for name, (i, j) in _VOIGT.items()}
+    return {f"{key}_{index}": item.item() for index, item in enumerate(flat)}
+
+
+def _write_csv(rows: list[dict[str, Any]], output: Path) -> None:
+    table: list[dict[str, Any]] = []
+    for row in rows:
+        line = {name: row[name] for name in _IDENTIFIERS}
+        for key, value in row.items():
+            if key not in _IDENTIFIERS and key != _PER_ATOM:
+                line.update(_csv_columns(key, value, key in row[_PER_ATOM]))
+        table.append(line)
+    columns = list(dict.fromkeys(name for line in table for name in line))
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with output.open("w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(table)
+
+
+def _write_db(rows: list[dict[str, Any]], data: Path, output: Path) -> None:
+    output.parent.mkdir(parents=True, exist_ok=True)
+    if output.exists():
+        output.unlink()
+    if data.suffix in _DB_SUFFIXES:
+        shutil.copyfile(data, output)
+        with ase.db.connect(output, type="db") as database:
+            for row in rows:
+                numbers, arrays = _db_values(row)
+                database.update(row["structure_id"], data=arrays or None, **numbers)
+        return
+    with ase.db.connect(output, type="db") as database:
+        frames = ase.io.iread(data, index=":", format="extxyz")
+        for row, atoms in zip(rows, frames, strict=True):
+            numbers, arrays = _db_values(row)
+            database.write(atoms, data=arrays, frame=row["structure_id"], **numbers)
+
+
+def _db_values(row: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``predicted_<key>`` numbers (key-value pairs) and arrays (row data) of one structure."""
+    numbers: dict[str, Any] = {}
+    arrays: dict[str, Any] = {}
+    for key, value in row.items():
+        if key in _IDENTIFIERS or key == _PER_ATOM:
+            continue
+        if value.size == 1:
+            numbers[f"predicted_{key}"] = value.reshape(-1)[0].item()
+        else:
+            arrays[f"predicted_{key}"] = np.asarray(value, dtype=np.float64)
+    return numbers, arrays

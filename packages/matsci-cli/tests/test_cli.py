@@ -1,0 +1,127 @@
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+
+from matsci.cli import CHECKPOINT_KEY, main
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def test_fit_writes_checkpoints_config_logs_and_plots(fitted: Path) -> None:
+    assert (fitted / "checkpoints" / "best.ckpt").is_file()
+    assert (fitted / "checkpoints" / "last.ckpt").is_file()
+    assert (fitted / "metrics.csv").is_file()
+    assert list(fitted.glob("events.out.tfevents.*"))
+    saved = yaml.safe_load((fitted / "config.yaml").read_text())
+    assert saved["run_name"] == "tiny"
+    assert saved["data"]["init_args"]["dataset"] == "bundled:emt"
+    for name in ("parity_energy", "parity_force", "parity_stress", "learning_curve"):
+        assert (fitted / f"{name}.png").read_bytes()[:8] == PNG
+
+
+def test_checkpoints_name_the_model_class_and_hold_the_config(fitted: Path) -> None:
+    checkpoint = torch.load(fitted / "checkpoints" / "best.ckpt", weights_only=True)
+    info = checkpoint[CHECKPOINT_KEY]
+    assert info["model_class"].endswith("ForceRegressionTask")
+    assert json.loads(info["config"])["model"]["init_args"]["compute_stress"] is True
+
+
+def test_fit_fits_the_normalizers(fitted: Path) -> None:
+    checkpoint = torch.load(fitted / "checkpoints" / "last.ckpt", weights_only=True)
+    assert float(checkpoint["state_dict"]["energy_scale"]) != 1.0
+
+
+def test_fit_prints_the_test_metrics_with_units(
+    write_config: Callable[[dict[str, Any], str], Path],
+    tiny_force_config: Callable[[], dict[str, Any]],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    config = write_config(tiny_force_config(), "tiny.yaml")
+    main(["fit", "--config", str(config), "--runs_dir", str(tmp_path / "runs"), "--plots", "false"])
+    out = capsys.readouterr().out
+    assert "test metrics of" in out
+    assert any(line.split()[-1] == "eV/Å" for line in out.splitlines() if "force/mae" in line)
+    assert not list((tmp_path / "runs").rglob("*.png"))
+
+
+def test_test_subcommand_reports_a_checkpoint(
+    fitted: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = fitted / "config.yaml"
+    checkpoint = fitted / "checkpoints" / "best.ckpt"
+    main(["test", "--config", str(config), "--ckpt_path", str(checkpoint),
+          "--runs_dir", str(tmp_path / "runs")])  # fmt: skip
+    out = capsys.readouterr().out
+    assert "test/energy/mae_per_atom" in out
+    folder = tmp_path / "runs" / "tiny" / "version_0"
+    assert (folder / "parity_force.png").is_file()
+    assert (folder / "learning_curve.png").is_file()  # from the training run's log
+
+
+def test_print_config_is_complete(
+    write_config: Callable[[dict[str, Any], str], Path],
+    tiny_force_config: Callable[[], dict[str, Any]],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    config = write_config(tiny_force_config(), "tiny.yaml")
+    with pytest.raises(SystemExit) as info:
+        main(["fit", "--config", str(config), "--print_config"])
+    assert info.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["seed_everything"] == 0
+    assert printed["model_checkpoint"]["monitor"] == "val/loss"
+    assert printed["normalizers"]["enabled"] is True
+    assert printed["model"]["init_args"]["lr"] == pytest.approx(1e-3)
+    assert printed["data"]["init_args"]["transform"]["init_args"]["cutoff"] == 3.5
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            {"model": {"class_path": "matsci.tasks.physics.ForceRegresionTask"}},
+            "cannot use class_path 'matsci.tasks.physics.ForceRegresionTask'",
+        ),
+        ({"model": {"init_args": {"lrr": 0.01}}}, "did you mean 'lr'"),
+        ({"data": {"init_args": {"dataset": "missing.db"}}}, "'missing.db'"),
+        ({"data": {"init_args": {"keys": ["band_gap"]}}}, "band_gap"),
+        (
+            {"model": {"class_path": "matsci.tasks.core.ScalarRegressionTask",
+                       "init_args": {"task_keys": ["band_gap"], "compute_stress": None}},
+             "data": {"init_args": {"keys": None}}},
+            r"target key \['band_gap'\] of ScalarRegressionTask is not in",
+        ),
+    ],
+    ids=["unknown-class-path", "wrong-argument", "missing-file", "absent-key", "task-key"],
+)  # fmt: skip
+def test_user_errors_end_in_one_short_message(
+    write_config: Callable[[dict[str, Any], str], Path],
+    tiny_force_config: Callable[[], dict[str, Any]],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    change: dict[str, Any],
+    message: str,
+) -> None:
+    config = tiny_force_config()
+    for section, values in change.items():
+        config[section].update({k: v for k, v in values.items() if k != "init_args"})
+        init_args = config[section]["init_args"]
+        init_args.update(values.get("init_args", {}))
+        for name in [name for name, value in init_args.items() if value is None]:
+            del init_args[name]
+    path = write_config(config, "bad.yaml")
+    with pytest.raises(SystemExit) as info:
+        main(["fit", "--config", str(path), "--runs_dir", str(tmp_path / "runs")])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.startswith("matsci: error: ")
+    assert len(err.splitlines()) == 2
+    assert re.search(message, err), err

@@ -1,0 +1,79 @@
+import csv
+from pathlib import Path
+
+import ase.db
+import ase.io
+import numpy as np
+import pytest
+
+from matsci.cli import ConfigError, main, predict_to_file
+from matsci.data.examples import bundled_dataset_path
+
+
+@pytest.fixture(scope="module")
+def extxyz(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Five EMT structures as an extxyz file."""
+    path = tmp_path_factory.mktemp("data") / "five.extxyz"
+    with ase.db.connect(bundled_dataset_path("emt")) as database:
+        frames = [row.toatoms() for row in database.select(limit=5)]
+    ase.io.write(path, frames, format="extxyz")
+    return path
+
+
+def test_csv_has_one_row_per_structure(fitted: Path, tmp_path: Path) -> None:
+    output = tmp_path / "predictions.csv"
+    main(["predict", "--ckpt_path", str(fitted / "checkpoints" / "best.ckpt"),
+          "--data", str(bundled_dataset_path("emt")), "--output", str(output)])  # fmt: skip
+    with output.open() as file:
+        rows = list(csv.DictReader(file))
+    with ase.db.connect(bundled_dataset_path("emt")) as database:
+        assert len(rows) == database.count()
+        first = database.get(id=int(rows[0]["structure_id"]))
+    assert rows[0]["formula"] == first.formula
+    assert int(rows[0]["natoms"]) == first.natoms
+    columns = set(rows[0])
+    assert {"energy", "force_max_norm", "stress_xx", "stress_xy"} <= columns
+    assert np.isfinite(float(rows[0]["energy"]))
+
+
+def test_extxyz_to_csv_and_db(fitted: Path, extxyz: Path, tmp_path: Path) -> None:
+    checkpoint = fitted / "checkpoints" / "best.ckpt"
+    assert predict_to_file(checkpoint, extxyz, tmp_path / "p.csv") == 5
+    assert predict_to_file(checkpoint, extxyz, tmp_path / "p.db") == 5
+    with ase.db.connect(tmp_path / "p.db") as database:
+        rows = list(database.select())
+    assert len(rows) == 5
+    assert rows[0].data["predicted_force"].shape == (rows[0].natoms, 3)
+    assert "predicted_energy" in rows[0].key_value_pairs
+
+
+def test_db_output_is_a_copy_and_leaves_the_input_alone(fitted: Path, tmp_path: Path) -> None:
+    source = tmp_path / "input.db"
+    source.write_bytes(bundled_dataset_path("emt").read_bytes())
+    before = source.read_bytes()
+    count = predict_to_file(fitted / "checkpoints" / "best.ckpt", source, tmp_path / "out.db")
+    assert source.read_bytes() == before
+    with ase.db.connect(tmp_path / "out.db") as database:
+        assert database.count() == count == 300
+        row = database.get(id=1)
+        assert "structure_type" in row.key_value_pairs  # the input's columns are kept
+        assert np.isfinite(row.key_value_pairs["predicted_energy"])
+        assert row.data["predicted_stress"].shape == (3, 3)
+
+
+def test_refuses_to_write_over_the_input(fitted: Path, tmp_path: Path) -> None:
+    source = tmp_path / "input.db"
+    source.write_bytes(bundled_dataset_path("emt").read_bytes())
+    with pytest.raises(ConfigError, match="is the input file"):
+        predict_to_file(fitted / "checkpoints" / "best.ckpt", source, source)
+
+
+def test_errors(fitted: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    checkpoint = str(fitted / "checkpoints" / "best.ckpt")
+    with pytest.raises(SystemExit):
+        main(["predict", "--ckpt_path", str(tmp_path / "none.ckpt"), "--data", "x.db"])
+    assert "no such file" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match=r"expected a \.csv or \.db"):
+        predict_to_file(checkpoint, bundled_dataset_path("emt"), tmp_path / "p.txt")
+    with pytest.raises(ConfigError, match="expected an ASE database"):
+        predict_to_file(checkpoint, tmp_path / "structures.cif", tmp_path / "p.csv")

@@ -1,0 +1,232 @@
+"""A PyG ``DataLoader`` whose place in the epoch travels in Lightning checkpoints.
+
+Lightning saves the ``state_dict()`` of every training loader that has one and, on resume,
+calls ``load_state_dict()`` before the loader is iterated again. This loader stores the epoch
+of its sampler and how many batches it has handed out, and on resume skips those batches in
+index space (no structure is read twice), so a run killed mid-epoch continues with exactly the
+batches the uninterrupted run would have seen. The shuffled order depends only on ``seed`` and
+the epoch (:class:`SeededRandomSampler`), never on the global random state.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator, Sequence, Sized
+from typing import Any
+
+import torch
+from torch.utils.data import RandomSampler
+from torch_geometric.loader import DataLoader
+
+__all__ = ["ResumableDataLoader", "SeededRandomSampler"]
+
+
+class SeededRandomSampler(RandomSampler):
+    """A random permutation of the dataset that depends only on ``seed`` and the epoch.
+
+    Lightning calls :meth:`set_epoch` before every training epoch, so each epoch gets a new
+    order, and a resumed run gets the same order as the uninterrupted one. It is a
+    :class:`~torch.utils.data.RandomSampler`, so under DDP Lightning replaces it by its
+    :class:`~torch.utils.data.distributed.DistributedSampler` (which also shuffles by seed and
+    epoch, with the seed of ``seed_everything``).
+
+    Parameters
+    ----------
+    data_source
+        The dataset (anything with a length).
+    seed
+        Seed of the permutations.
+
+    Examples
+    --------
+    >>> sampler = SeededRandomSampler(range(5), seed=3)
+    >>> first = list(sampler)
+    >>> first == list(SeededRandomSampler(range(5), seed=3)), sorted(first)
+    (True, [0, 1, 2, 3, 4])
+    >>> sampler.set_epoch(1)
+    >>> list(sampler) != first
+    True
+    """
+
+    def __init__(self, data_source: Sized, seed: int = 0) -> None:
+        super().__init__(data_source)
+        self.seed = int(seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Use the permutation of ``epoch`` from the next iteration on."""
+        self.epoch = int(epoch)
+
+    def __iter__(self) -> Iterator[int]:
+        # A private generator per epoch: the order never depends on the global random state.
+        generator = torch.Generator().manual_seed(_epoch_seed(self.seed, self.epoch))
+        yield from torch.randperm(len(self.data_source), generator=generator).tolist()
+
+
+class ResumableDataLoader(DataLoader):  # type: ignore[misc]  # PyG ships no type hints
+    """A :class:`torch_geometric.loader.DataLoader` that resumes mid-epoch from a checkpoint.
+
+    It implements Lightning's stateful-loader protocol: :meth:`state_dict` records the
+    sampler's epoch and the number of batches handed out in the current pass;
+    :meth:`load_state_dict` sets the epoch back and makes the next pass skip those batches
+    (their indices only; nothing is read). With ``shuffle=True`` the order comes from a
+    :class:`SeededRandomSampler`; DataLoader worker seeds come from ``seed`` and the epoch too,
+    so nothing here draws from the global random state.
+
+    Exact continuation needs a deterministic order for the epoch (this sampler, Lightning's
+    ``DistributedSampler``, or no shuffling) and a sized dataset. Random transforms that run in
+    worker processes (``num_workers > 0``) draw new numbers after a resume.
+
+    Parameters
+    ----------
+    dataset
+        A dataset of ``Data`` objects (or a list of them).
+    batch_size
+        Structures per batch.
+    shuffle
+        Shuffle with a :class:`SeededRandomSampler` (unless ``sampler`` is given).
+    follow_batch
+        As for :class:`torch_geometric.loader.DataLoader`.
+    exclude_keys
+        As for :class:`torch_geometric.loader.DataLoader`.
+    seed
+        Seed of the shuffled order and, unless a ``generator`` is given, of the workers' seeds.
+    **kwargs
+        Other arguments of :class:`torch.utils.data.DataLoader` (``num_workers``,
+        ``sampler``, ...).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch_geometric.data import Data
+    >>> structures = [Data(pos=torch.zeros(1, 3), number=torch.tensor([i])) for i in range(10)]
+    >>> loader = ResumableDataLoader(structures, batch_size=3, shuffle=True, seed=0)
+    >>> full = [batch.number.tolist() for batch in loader]
+    >>> iterator = iter(loader)
+    >>> _ = next(iterator), next(iterator)
+    >>> state = loader.state_dict()
+    >>> state
+    {'epoch': 0, 'batches': 2}
+    >>> resumed = ResumableDataLoader(structures, batch_size=3, shuffle=True, seed=0)
+    >>> resumed.load_state_dict(state)
+    >>> [batch.number.tolist() for batch in resumed] == full[2:]
+    True
+    """
+
+    def __init__(
+        self,
+        dataset: Any,
+        batch_size: int = 1,
+        shuffle: bool = False,
+        follow_batch: Sequence[str] | None = None,
+        exclude_keys: Sequence[str] | None = None,
+        seed: int = 0,
+        **kwargs: Any,
+    ) -> None:
+        if shuffle and kwargs.get("sampler") is None and kwargs.get("batch_sampler") is None:
+            kwargs["sampler"] = SeededRandomSampler(dataset, seed=seed)
+            shuffle = False
+        self._own_generator = kwargs.get("generator") is None
+        if self._own_generator:
+            kwargs["generator"] = torch.Generator().manual_seed(int(seed))
+        super().__init__(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            follow_batch=None if follow_batch is None else list(follow_batch),
+            exclude_keys=None if exclude_keys is None else list(exclude_keys),
+            **kwargs,
+        )
+        self.seed = int(seed)
+        self._served = 0  # batches handed out (or skipped) in the current pass
+        self._skip = 0  # batches the next pass skips, set by load_state_dict
+        self._skip_now = 0  # batches the current pass skips
+
+    def state_dict(self) -> dict[str, int]:
+        """The sampler's epoch and the batches handed out so far in this pass.
+
+        A pass that has handed out every batch is recorded as the start of the next epoch.
+
+        Returns
+        -------
+        dict
+            ``{"epoch": int, "batches": int}``.
+        """
+        epoch, served = self._epoch(), self._served
+        if served >= len(self):
+            epoch, served = epoch + 1, 0
+        return {"epoch": epoch, "batches": served}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        """Set the sampler's epoch and make the next pass skip the batches already seen.
+
+        Parameters
+        ----------
+        state_dict
+            From :meth:`state_dict`.
+
+        Raises
+        ------
+        ValueError
+            If the state is not ``{"epoch", "batches"}`` with non-negative counts, or skips
+            more batches than the loader has.
+        """
+        if set(state_dict) != {"epoch", "batches"} or min(state_dict.values()) < 0:
+            raise ValueError(
+                f"ResumableDataLoader.load_state_dict: expected {{'epoch': int >= 0, "
+                f"'batches': int >= 0}}, got {state_dict!r}"
+            )
+        batches = int(state_dict["batches"])
+        if batches > len(self):
+            raise ValueError(
+                f"ResumableDataLoader.load_state_dict: the state skips {batches} batches but "
+                f"the loader has {len(self)}; was the checkpoint made with other data or "
+                "another batch size?"
+            )
+        for sampler in {id(s): s for s in (self.sampler, self.batch_sampler)}.values():
+            set_epoch = getattr(sampler, "set_epoch", None)
+            if callable(set_epoch):
+                set_epoch(int(state_dict["epoch"]))
+        self._skip = batches
+
+    def __iter__(self) -> Any:
+        self._skip_now, self._skip = self._skip, 0
+        self._served = self._skip_now
+        if self._own_generator:  # worker seeds from (seed, epoch), not from the global state
+            self.generator = torch.Generator().manual_seed(_epoch_seed(self.seed, self._epoch()))
+        return self._counting(super().__iter__())
+
+    def _counting(self, batches: Iterator[Any]) -> Iterator[Any]:
+        for batch in batches:
+            self._served += 1
+            yield batch
+
+    def _epoch(self) -> int:
+        return int(getattr(self.sampler, "epoch", 0))
+
+    @property
+    def _index_sampler(self) -> Any:
+        # torch's iterators read the batches of indices from this property; the wrapper drops
+        # the batches a resumed pass has already seen before any of them is loaded.
+        return _SkipFirstBatches(super()._index_sampler, self)
+
+
+class _SkipFirstBatches:
+    """Iterates a (batch) sampler, leaving out the first batches its loader says to skip."""
+
+    def __init__(self, sampler: Any, loader: ResumableDataLoader) -> None:
+        self.sampler = sampler
+        self.loader = loader
+
+    def __iter__(self) -> Iterator[Any]:
+        # torch may iterate the index sampler twice when it starts a pass (worker processes):
+        # each time, the pass's skip applies.
+        return itertools.islice(iter(self.sampler), self.loader._skip_now, None)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    """One seed per (seed, epoch): seeds a million epochs apart never share a permutation."""
+    return (seed * 1_000_003 + epoch) % 2**63

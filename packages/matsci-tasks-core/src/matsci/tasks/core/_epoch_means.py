@@ -1,0 +1,195 @@
+"""Cheap per-step logging: epoch means accumulated on the device, step values on logging steps.
+
+Lightning's ``self.log`` costs about half a millisecond of Python per call and per step, more
+than a small model's whole step. Tasks therefore call it only where a value is read: on the
+steps whose metrics go to the loggers (every ``log_every_n_steps``), for the progress bar, and
+once per epoch for the means that :class:`EpochMeans` accumulates with one tensor operation per
+step and no host synchronization.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor
+from torchmetrics import MetricCollection
+
+
+class EpochMeans:
+    """Batch-size weighted means of a fixed list of scalar tensors over one epoch.
+
+    ``update`` stacks the values and adds them, times the batch size, to a running sum on the
+    values' device (no ``.item()``); ``compute`` divides by the summed batch sizes, after an
+    optional reduction over processes (a sum, so means over DDP ranks are weighted exactly).
+
+    Parameters
+    ----------
+    names
+        One name per value, in the order ``update`` receives them.
+    """
+
+    def __init__(self, names: Sequence[str]) -> None:
+        self.names = list(names)
+        self._sums: Tensor | None = None
+        self._weight = 0.0
+
+    @property
+    def updated(self) -> bool:
+        """Whether any step was added since the last :meth:`reset`."""
+        return self._sums is not None
+
+    def update(self, values: Sequence[Tensor], weight: float) -> None:
+        """Add one step's values (detached), weighted by ``weight`` (its batch size)."""
+        stacked = torch.stack([value.detach() for value in values])
+        # Sums stay on the device in at least single precision (bf16 losses would round).
+        stacked = stacked.to(torch.promote_types(stacked.dtype, torch.float32)) * weight
+        self._sums = stacked if self._sums is None else self._sums + stacked
+        self._weight += weight
+
+    def compute(
+        self,
+        device: torch.device | None = None,
+        reduce: Callable[[Tensor], Tensor] | None = None,
+    ) -> dict[str, Tensor]:
+        """The means, ``{name: scalar tensor}``, reduced with ``reduce`` (e.g. a DDP sum).
+
+        With ``reduce``, a process that saw no step still takes part (with zeros on ``device``).
+        """
+        sums = self._sums
+        if sums is None:
+            sums = torch.zeros(len(self.names), device=device)
+        totals = torch.cat([sums, sums.new_tensor([self._weight])])
+        if reduce is not None:
+            totals = reduce(totals)
+        means = totals[:-1] / totals[-1].clamp_min(1e-12)
+        return dict(zip(self.names, means.unbind(), strict=True))
+
+    def reset(self) -> None:
+        """Forget the epoch's steps."""
+        self._sums = None
+        self._weight = 0.0
+
+
+class PendingMetricInputs:
+    """Metric inputs of the last few training steps, fed to the metrics together.
+
+    A torchmetrics update costs tens of microseconds of Python per metric, whatever the batch
+    size; feeding ``every`` steps at once (concatenated along the first dimension) gives the
+    same metric values for a fraction of the cost. The inputs are detached and small
+    (predictions and targets), so holding a few steps costs little memory.
+
+    Parameters
+    ----------
+    every
+        Steps gathered before :meth:`add` says to flush.
+    """
+
+    def __init__(self, every: int = 16) -> None:
+        self.every = every
+        self._steps: list[tuple[dict[str, Tensor], dict[str, Tensor]]] = []
+
+    def add(self, predictions: Mapping[str, Tensor], targets: Mapping[str, Tensor]) -> bool:
+        """Keep one step's inputs; ``True`` when ``every`` steps are waiting."""
+        self._steps.append(
+            (
+                {key: value.detach() for key, value in predictions.items()},
+                {key: value.detach() for key, value in targets.items()},
+            )
+        )
+        return len(self._steps) >= self.every
+
+    def pop(self) -> tuple[dict[str, Tensor], dict[str, Tensor]] | None:
+        """The waiting inputs concatenated per key, ``(predictions, targets)``, or ``None``."""
+        if not self._steps:
+            return None
+        steps, self._steps = self._steps, []
+        keys = list(steps[0][1])
+        predictions = {key: torch.cat([step[0][key] for step in steps]) for key in keys}
+        targets = {key: torch.cat([step[1][key] for step in steps]) for key in keys}
+        return predictions, targets
+
+    def clear(self) -> None:
+        """Drop the waiting inputs."""
+        self._steps = []
+
+
+def is_logging_step(module: Any) -> bool:
+    """Whether this training step's logged values reach the loggers.
+
+    Mirrors Lightning's rule: every ``log_every_n_steps`` optimizer steps, and when training is
+    about to stop; never without a Trainer (nothing would receive the values).
+    """
+    trainer = getattr(module, "_trainer", None)
+    if trainer is None:
+        return False
+    every = int(trainer.log_every_n_steps)
+    if every <= 0:
+        return False
+    return (trainer.global_step + 1) % every == 0 or bool(trainer.should_stop)
+
+
+def shows_progress_bar(module: Any) -> bool:
+    """Whether a progress bar reads the module's metrics at every step."""
+    trainer = getattr(module, "_trainer", None)
+    return trainer is not None and trainer.progress_bar_callback is not None
+
+
+def sum_over_processes(module: Any) -> Callable[[Tensor], Tensor] | None:
+    """A sum over DDP ranks through the module's Trainer strategy, or ``None`` when alone."""
+    trainer = getattr(module, "_trainer", None)
+    if trainer is None or trainer.world_size <= 1:
+        return None
+    strategy = trainer.strategy
+
+    def reduce(tensor: Tensor) -> Tensor:
+        reduced: Tensor = strategy.reduce(tensor, reduce_op="sum")
+        return reduced
+
+    return reduce
+
+
+def log_epoch_metrics(module: pl.LightningModule, collections: Iterable[MetricCollection]) -> None:
+    """Compute, log and reset metric collections at the end of an epoch.
+
+    Logging the metric objects at every step instead costs ``self.log`` per metric and step.
+    ``compute`` gathers the states of every DDP rank (torchmetrics), so the values are already
+    global; under DDP every rank computes, so that the collective calls match, and the logged
+    values are synced again (a mean of equal numbers) only to keep Lightning from warning.
+    """
+    trainer = getattr(module, "_trainer", None)
+    distributed = trainer is not None and trainer.world_size > 1
+    for collection in collections:
+        if distributed or any(metric.update_called for metric in collection.values()):
+            module.log_dict(collection.compute(), sync_dist=distributed)
+        collection.reset()
+
+
+def log_training_step(
+    module: pl.LightningModule, means: EpochMeans, values: Sequence[Tensor], batch_size: int
+) -> None:
+    """Log one training step's values (``means.names`` order, the total loss first) cheaply.
+
+    Adds them to ``means``; logs the first (``train/loss``) for the progress bar when one is
+    shown, and every value as ``<name>_step`` on logging steps. With :func:`log_training_epoch`
+    the names are those Lightning gives ``on_step=True, on_epoch=True`` values:
+    ``<name>_step`` and ``<name>_epoch`` for the loggers, ``<name>`` in ``callback_metrics``.
+    """
+    means.update(values, batch_size)
+    if shows_progress_bar(module):
+        module.log(means.names[0], values[0], prog_bar=True, logger=False, batch_size=batch_size,
+                   on_step=True, on_epoch=False)  # fmt: skip
+    if is_logging_step(module):
+        for name, value in zip(means.names, values, strict=True):
+            module.log(f"{name}_step", value, batch_size=batch_size, on_step=True, on_epoch=False)
+
+
+def log_training_epoch(module: pl.LightningModule, means: EpochMeans) -> None:
+    """Log the epoch means of :func:`log_training_step` (``<name>_epoch`` and ``<name>``)."""
+    if means.updated:
+        for name, mean in means.compute().items():
+            module.log(f"{name}_epoch", mean)
+            module.log(name, mean, logger=False, prog_bar=name == means.names[0])
+    means.reset()
