@@ -10,7 +10,7 @@ from typing import Final
 POS: Final = "pos"
 """[N, 3] float, Cartesian positions in Å."""
 MAX_ABS_POSITION: Final = 1.0e5
-"""Å, the largest |coordinate| of ``pos`` the data contract accepts. Larger ones are refused as
+"""Å, the largest absolute coordinate of ``pos`` the data contract accepts. Larger ones are refused as
 corrupt data: float32 resolves only about 0.01 Å there, and neighbour lists break."""
 ATOMIC_NUMBERS: Final = "atomic_numbers"
 """[N] long, atomic numbers Z."""
