@@ -10,8 +10,10 @@ from typing import Final
 POS: Final = "pos"
 """[N, 3] float, Cartesian positions in Å."""
 MAX_ABS_POSITION: Final = 1.0e5
-"""Å, the largest absolute coordinate of ``pos`` the data contract accepts. Larger ones are refused as
-corrupt data: float32 resolves only about 0.01 Å there, and neighbour lists break."""
+"""Å, the largest absolute coordinate of ``pos`` the data contract accepts.
+
+Larger ones are refused as corrupt data: float32 resolves only about 0.01 Å there, and
+neighbour lists break."""
 ATOMIC_NUMBERS: Final = "atomic_numbers"
 """[N] long, atomic numbers Z."""
 MAX_ATOMIC_NUMBER: Final = 118
