@@ -175,18 +175,23 @@ def precision_rows(name: str, encoder: Callable[[], nn.Module], batches: list[Ba
         low_opt = torch.optim.AdamW(low_task.parameters(), lr=0.0)  # same weights every step
         fp32_times, fp32_forces = [], []
         low_times, low_forces = [], []
-        for batch in batches:  # interleaved: both see the same load
-            t, f, _ = run_steps(training_step(fp32_task, fp32_opt), [batch], device)
-            fp32_times += t
-            fp32_forces += f
-            if autocast == "tf32":
-                torch.backends.cuda.matmul.allow_tf32 = True
-                t, f, _ = run_steps(training_step(low_task, low_opt), [batch], device)
-                torch.backends.cuda.matmul.allow_tf32 = False
-            else:
-                t, f, _ = run_steps(training_step(low_task, low_opt, autocast), [batch], device)
-            low_times += t
-            low_forces += f
+        try:
+            for batch in batches:  # interleaved: both see the same load
+                t, f, _ = run_steps(training_step(fp32_task, fp32_opt), [batch], device)
+                fp32_times += t
+                fp32_forces += f
+                if autocast == "tf32":
+                    torch.backends.cuda.matmul.allow_tf32 = True
+                    t, f, _ = run_steps(training_step(low_task, low_opt), [batch], device)
+                    torch.backends.cuda.matmul.allow_tf32 = False
+                else:
+                    t, f, _ = run_steps(training_step(low_task, low_opt, autocast), [batch],
+                                        device)  # fmt: skip
+                low_times += t
+                low_forces += f
+        except RuntimeError as error:
+            rows.append([name, label, "", "fails", "", str(error).splitlines()[0][:70]])
+            continue
         fp32, low = statistics.median(fp32_times[1:]), statistics.median(low_times[1:])
         rows.append([name, label, f"{1e3 * fp32:.1f}", f"{1e3 * low:.1f}", f"{fp32 / low:.2f}",
                      f"{rms_difference(low_forces, fp32_forces):.1e}"])  # fmt: skip

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -197,23 +198,25 @@ def bare_model(case: str, task: pl.LightningModule) -> BareScalar | BareForces:
 
 def run_interleaved(
     case: str, module: pl.LightningModule, work: list[Batch], warmup: int, encoder: Any,
-    head_width: int,
+    head_width: int, clock: Callable[[], float],
 ) -> tuple[float, float]:  # fmt: skip
     """Median step of ``module`` through ``Trainer.fit`` and of the bare loop, interleaved."""
     model = bare_model(case, build_task(case, encoder, head_width))
     optimizer = torch.optim.AdamW(model.groups(), lr=1e-3)
     multitask = isinstance(module, MultiTaskLitModule)
-    clock = InterleavedBaseline(
-        bare_step(model, optimizer), select=(lambda b: b["emt"]) if multitask else None
-    )
-    trainer = quiet_trainer(max_steps=len(work), callbacks=[clock])
+    timer = InterleavedBaseline(
+        bare_step(model, optimizer), select=(lambda b: b["emt"]) if multitask else None,
+        clock=clock,
+    )  # fmt: skip
+    trainer = quiet_trainer(max_steps=len(work), callbacks=[timer])
     loader = Batches([{"emt": b} for b in work] if multitask else work)
     trainer.fit(module, train_dataloaders=loader)
-    return median_after(clock.loop, warmup), median_after(clock.baseline, warmup)
+    return median_after(timer.loop, warmup), median_after(timer.baseline, warmup)
 
 
 def measure(case: str, encoder: Callable[[], nn.Module], head_width: int, batches: list[Batch],
-            steps: int, warmup: int, repeats: int) -> dict[str, float]:  # fmt: skip
+            steps: int, warmup: int, repeats: int,
+            clock: Callable[[], float]) -> dict[str, float]:  # fmt: skip
     """Ratios (and times) of the task and of a plain LightningModule against the bare loop."""
     work = cycle(batches, steps + warmup)
     runs: dict[str, list[float]] = {
@@ -221,9 +224,9 @@ def measure(case: str, encoder: Callable[[], nn.Module], head_width: int, batche
     }
     for _ in range(repeats):
         plain = PlainModule(bare_model(case, build_task(case, encoder, head_width)))
-        lightning, bare_l = run_interleaved(case, plain, work, warmup, encoder, head_width)
+        lightning, bare_l = run_interleaved(case, plain, work, warmup, encoder, head_width, clock)
         task, bare_t = run_interleaved(case, build_task(case, encoder, head_width), work, warmup,
-                                       encoder, head_width)  # fmt: skip
+                                       encoder, head_width, clock)  # fmt: skip
         runs["bare"].append(bare_t)
         runs["lightning"].append(lightning - bare_l + bare_t)  # on the task run's bare time
         runs["task"].append(task)
@@ -240,6 +243,13 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="wall time, or CPU time of the main thread (steadier on a "
+        "shared machine; with one torch thread it holds all the work)",
+    )
     parser.add_argument("--quick", action="store_true", help="fewer steps and repeats")
     args = parser.parse_args()
     setup_threads(args.threads)
@@ -249,14 +259,16 @@ def main() -> None:
         "realistic": (realistic_schnet, 64, 15 if args.quick else 60, 5),
     }
     repeats = 2 if args.quick else args.repeats
+    clock = time.thread_time if args.clock == "cpu" else time.perf_counter
     print(machine_line())
-    print(f"batches of {args.batch_size} EMT structures (8 to 32 atoms), {repeats} repeats")
+    print(f"batches of {args.batch_size} EMT structures (8 to 32 atoms), {repeats} repeats, "
+          f"{args.clock} clock")  # fmt: skip
     for name, (encoder, head_width, steps, warmup) in encoders.items():
         if args.encoder not in (name, "both"):
             continue
         rows = []
         for case in args.cases:
-            result = measure(case, encoder, head_width, batches, steps, warmup, repeats)
+            result = measure(case, encoder, head_width, batches, steps, warmup, repeats, clock)
             bare, task = result["bare"], result["task"]
             ratio, lightning_ratio = result["task/bare"], result["lightning/bare"]
             rows.append([

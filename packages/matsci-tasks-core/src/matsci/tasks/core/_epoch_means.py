@@ -156,14 +156,18 @@ def log_epoch_metrics(module: pl.LightningModule, collections: Iterable[MetricCo
 
     Logging the metric objects at every step instead costs ``self.log`` per metric and step.
     ``compute`` gathers the states of every DDP rank (torchmetrics), so the values are already
-    global; under DDP every rank computes, so that the collective calls match, and the logged
-    values are synced again (a mean of equal numbers) only to keep Lightning from warning.
+    global. Under DDP the ranks first agree (one small all-reduce) on which collections any of
+    them updated, so that all take part in the same ``compute`` calls; the logged values are
+    synced again (a mean of equal numbers) only to keep Lightning from warning.
     """
-    trainer = getattr(module, "_trainer", None)
-    distributed = trainer is not None and trainer.world_size > 1
-    for collection in collections:
-        if distributed or any(metric.update_called for metric in collection.values()):
-            module.log_dict(collection.compute(), sync_dist=distributed)
+    collections = list(collections)
+    updated = [float(any(m.update_called for m in c.values())) for c in collections]
+    reduce = sum_over_processes(module)
+    if reduce is not None and collections:
+        updated = reduce(torch.tensor(updated, device=module.device)).tolist()
+    for collection, flag in zip(collections, updated, strict=True):
+        if flag > 0:
+            module.log_dict(collection.compute(), sync_dist=reduce is not None)
         collection.reset()
 
 

@@ -238,7 +238,7 @@ class AtomThroughputMonitor(Callback):
     # -- helpers ----------------------------------------------------------------------------
 
     def _is_logging_step(self, trainer: pl.Trainer) -> bool:
-        every = self.log_every_n_steps or trainer.log_every_n_steps
+        every = self.log_every_n_steps or int(getattr(trainer, "log_every_n_steps", 50))
         step = trainer.global_step
         # Under gradient accumulation global_step stays put until the optimizer steps.
         if every < 1 or step == 0 or step == self._last_logged_step:
