@@ -17,7 +17,11 @@ Each is run ``--repeats`` times; a run's figure is the median iteration time aft
 heads) shows the fixed cost of the task layer; the realistic one (SchNet 64 wide, three
 interactions) shows what it means for a real model.
 
-Run: ``uv run python benchmarks/task_overhead.py [--quick] [--encoder tiny|realistic|both]``.
+``--clock cpu`` times with the CPU time of the main thread instead of wall time: steadier on
+a shared machine (with one torch thread the main thread holds all the work).
+
+Run: ``uv run python benchmarks/task_overhead.py [--quick] [--encoder tiny|realistic|both]
+[--clock wall|cpu]``.
 """
 
 from __future__ import annotations
