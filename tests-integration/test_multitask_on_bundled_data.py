@@ -62,10 +62,8 @@ def test_energy_forces_direct_forces_and_space_groups_train_below_their_baseline
     assert merged["test/emt/ForceRegressionTask/energy/mae_per_atom"] < max(0.1, mean_per_atom)
     assert merged["test/emt/ForceRegressionTask/force/mae"] < 0.5 * float(forces.abs().mean())
     assert merged["test/emt/GradFreeForceRegression/force/mae"] < 0.8 * float(forces.abs().mean())
-    # The small invariant test encoder does not separate these space groups within 8 epochs
-    # (top-1 0.1-0.3); space-group learning in a multi-task module is asserted in tasks-core's
-    # test_multitask. Here the symmetry dataset must only be evaluated under its own name.
-    assert 0.0 <= merged["test/symmetry/CrystalSymmetryClassificationTask/spacegroup/top1"] <= 1.0
+    # Space-group accuracy is not asserted here: the small invariant test encoder does not
+    # separate these groups within 8 epochs; tasks-core's test_multitask asserts it.
     # Each dataset's predictions keep its own batch size.
     batches = {"emt": tests[0], "symmetry": next(iter(data.datasets["symmetry"].test_dataloader()))}
     predictions = module.predict(batches)

@@ -24,7 +24,7 @@ from matsci.tasks.core._config import (
     module_config,
     to_plain,
 )
-from matsci.tasks.core._ema import Weights, apply_evaluation_weights, check_weights
+from matsci.tasks.core._ema import Weights, load_checkpoint_with_weights
 from matsci.tasks.core._embeddings import Embeddings
 from matsci.tasks.core._epoch_means import (
     EpochMeans,
@@ -48,7 +48,7 @@ from matsci.transforms import keys
 Stage = Literal["train", "val", "test"]
 Reduction = Literal["mean", "sum", "max"]
 _REDUCTIONS = ("mean", "sum", "max")
-_STAGES: tuple[Stage, ...] = ("train", "val", "test")
+STAGES: tuple[Stage, ...] = ("train", "val", "test")
 DEFAULT_OUTPUT_KWARGS: dict[str, Any] = {
     "hidden_dim": 128,
     "num_hidden": 1,
@@ -162,7 +162,7 @@ class BaseTaskModule(pl.LightningModule):
         )
         self.normalizers = nn.ModuleDict(self._build_normalizers(normalize_kwargs))
         self.metrics = nn.ModuleDict(
-            {f"{stage}_metrics": self._stage_metrics(stage) for stage in _STAGES}
+            {f"{stage}_metrics": self._stage_metrics(stage) for stage in STAGES}
         )
         self.lr = lr
         self.weight_decay = weight_decay
@@ -834,15 +834,11 @@ class BaseTaskModule(pl.LightningModule):
             If the file is truncated, corrupted or not a Lightning checkpoint (naming it), or
             ``weights`` is unknown.
         """
-        check_weights(weights)
-        checkpoint = read_checkpoint(
-            checkpoint_path, caller=f"{cls.__name__}.load_from_checkpoint",
-            required_keys=("state_dict",),
+        task = load_checkpoint_with_weights(
+            super().load_from_checkpoint, checkpoint_path, weights,
+            caller=f"{cls.__name__}.load_from_checkpoint", map_location=map_location,
+            hparams_file=hparams_file, strict=strict, weights_only=weights_only, **kwargs,
         )  # fmt: skip
-        task = super().load_from_checkpoint(
-            checkpoint_path, map_location, hparams_file, strict, weights_only=weights_only, **kwargs
-        )
-        apply_evaluation_weights(task, checkpoint, weights)
         return task
 
     @classmethod

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import math
 import weakref
-from collections.abc import Mapping
-from typing import Any, Final, Literal
+from collections.abc import Callable, Mapping
+from typing import Any, Final, Literal, TypeVar
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 from torch import Tensor, nn
 from typing_extensions import override
+
+from matsci.tasks.core._checkpoint_io import read_checkpoint
 
 __all__ = ["EMA_KEY", "ExponentialMovingAverage", "apply_evaluation_weights"]
 
@@ -306,3 +308,44 @@ def check_weights(weights: str) -> None:
             f"load_from_checkpoint(weights={weights!r}): expected 'evaluation' (the averaged "
             "weights when the checkpoint has them) or 'raw'"
         )
+
+
+LoadedModule = TypeVar("LoadedModule", bound=nn.Module)
+
+
+def load_checkpoint_with_weights(
+    load: Callable[..., LoadedModule],
+    checkpoint_path: Any,
+    weights: Weights,
+    *,
+    caller: str,
+    **load_kwargs: Any,
+) -> LoadedModule:
+    """Check a checkpoint, restore a module with ``load`` and apply the chosen weights.
+
+    The one path behind ``load_from_checkpoint`` of tasks and multi-task modules: a truncated
+    or foreign file gives a ``ValueError`` naming it before Lightning reads it.
+
+    Parameters
+    ----------
+    load
+        Lightning's ``load_from_checkpoint`` of the class being restored.
+    checkpoint_path
+        Path (or file object) of the checkpoint.
+    weights
+        ``"evaluation"`` or ``"raw"`` (see :func:`apply_evaluation_weights`).
+    caller
+        Who loads (starts error messages).
+    **load_kwargs
+        Passed to ``load``.
+
+    Returns
+    -------
+    torch.nn.Module
+        The restored module.
+    """
+    check_weights(weights)
+    checkpoint = read_checkpoint(checkpoint_path, caller=caller, required_keys=("state_dict",))
+    module = load(checkpoint_path, **load_kwargs)
+    apply_evaluation_weights(module, checkpoint, weights)
+    return module

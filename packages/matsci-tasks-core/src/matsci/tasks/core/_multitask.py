@@ -14,14 +14,14 @@ from torchmetrics import MeanMetric, MetricCollection
 from typing_extensions import override
 
 from matsci.tasks.core._base_task import (
+    STAGES,
     BaseTaskModule,
     Stage,
     build_encoder,
     rank_average_weight,
 )
-from matsci.tasks.core._checkpoint_io import read_checkpoint
-from matsci.tasks.core._config import import_class, to_plain
-from matsci.tasks.core._ema import Weights, apply_evaluation_weights, check_weights
+from matsci.tasks.core._config import class_path, import_class, to_plain
+from matsci.tasks.core._ema import Weights, load_checkpoint_with_weights
 from matsci.tasks.core._epoch_means import (
     EpochMeans,
     PendingMetricInputs,
@@ -164,7 +164,7 @@ class MultiTaskLitModule(pl.LightningModule):
         _keyed(self.loss_weight_schedules, self.task_names, "loss_weight_schedules", lambda v: v)
         self.group_lr = _keyed(group_lr, ["encoder", *self.task_names], "group_lr", float)
         self.metrics = nn.ModuleDict(
-            {f"{stage}_metrics": self._stage_metrics(stage) for stage in _STAGES}
+            {f"{stage}_metrics": self._stage_metrics(stage) for stage in STAGES}
         )
         self.eval_losses = nn.ModuleDict(
             {
@@ -647,19 +647,12 @@ class MultiTaskLitModule(pl.LightningModule):
             If the file is truncated, corrupted or not a Lightning checkpoint (naming it), or
             ``weights`` is unknown.
         """
-        check_weights(weights)
-        checkpoint = read_checkpoint(
-            checkpoint_path, caller=f"{cls.__name__}.load_from_checkpoint",
-            required_keys=("state_dict",),
+        module = load_checkpoint_with_weights(
+            super().load_from_checkpoint, checkpoint_path, weights,
+            caller=f"{cls.__name__}.load_from_checkpoint", map_location=map_location,
+            hparams_file=hparams_file, strict=strict, weights_only=weights_only, **kwargs,
         )  # fmt: skip
-        module = super().load_from_checkpoint(
-            checkpoint_path, map_location, hparams_file, strict, weights_only=weights_only, **kwargs
-        )
-        apply_evaluation_weights(module, checkpoint, weights)
         return module
-
-
-_STAGES: tuple[Stage, ...] = ("train", "val", "test")
 
 
 def _slot(task_id: str) -> str:
@@ -691,7 +684,7 @@ def _entry_from_tuple(item: Any) -> tuple[str, BaseTaskModule, str | None]:
 
 def _task_config(dataset: str, name: str, task: BaseTaskModule) -> dict[str, Any]:
     init_args = {k: v for k, v in task.hparams.items() if k not in _ENCODER_ARGUMENTS}
-    path = f"{type(task).__module__}.{type(task).__qualname__}"
+    path = class_path(type(task))
     return {"dataset": dataset, "name": name, "class_path": path, "init_args": init_args}
 
 
