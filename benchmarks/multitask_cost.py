@@ -13,61 +13,49 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from _common import (
+    StepClock,
+    emt_structures,
+    machine_line,
+    median_after,
+    print_table,
+    quiet_trainer,
+    setup_threads,
+)
 from torch_geometric.loader import DataLoader
 
-from matsci.data import AseDbDataset
-from matsci.data.examples import bundled_dataset_path
 from matsci.encoders import SchNetEncoder
 from matsci.tasks.core import MultiTaskLitModule, ScalarRegressionTask
-from matsci.transforms import PeriodicRadiusGraph
 
 WARMUP = 5
 
 
-class StepTimer(pl.Callback):
-    """Wall time of every training step (batch start to batch end)."""
-
-    def __init__(self) -> None:
-        self.times: list[float] = []
-        self._start = 0.0
-
-    def on_train_batch_start(self, *args: Any) -> None:
-        self._start = time.perf_counter()
-
-    def on_train_batch_end(self, *args: Any) -> None:
-        self.times.append(time.perf_counter() - self._start)
-
-
 def structures(count: int) -> list[Any]:
-    dataset = AseDbDataset(bundled_dataset_path("emt"), keys=["energy"],
-                           transform=PeriodicRadiusGraph(cutoff=5.0))  # fmt: skip
-    items = [dataset[i] for i in range(count)]
+    """Bundled EMT cells with eight energy-like targets, one per task."""
+    items = emt_structures(count, keys=("energy",))
     for data in items:
-        for k in range(8):  # eight targets, one per task
+        for k in range(8):
             setattr(data, f"target_{k}", data.energy * (k + 1))
     return items
 
 
 def median_step(module: pl.LightningModule, loader: Any, steps: int) -> float:
-    timer = StepTimer()
-    trainer = pl.Trainer(accelerator="cpu", max_steps=steps + WARMUP, logger=False,
-                         enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, callbacks=[timer])  # fmt: skip
-    trainer.fit(module, train_dataloaders=loader)
-    return statistics.median(timer.times[WARMUP:])
+    clock = StepClock()
+    quiet_trainer(steps + WARMUP, [clock]).fit(module, train_dataloaders=loader)
+    return median_after(clock.times, WARMUP)
 
 
 def build(k: int) -> pl.LightningModule:
+    """One task alone (``k == 0``) or a multi-task module of ``k`` tasks on one dataset."""
     torch.manual_seed(0)
     encoder = SchNetEncoder(hidden_channels=64, num_filters=64, num_interactions=2)
-    tasks = [ScalarRegressionTask(encoder=encoder, task_keys=[f"target_{i}"]) for i in range(k)]
     if k == 0:
         return ScalarRegressionTask(encoder=encoder, task_keys=["target_0"])
+    tasks = [ScalarRegressionTask(encoder=encoder, task_keys=[f"target_{i}"]) for i in range(k)]
     return MultiTaskLitModule(*[("emt", task) for task in tasks])
 
 
@@ -75,25 +63,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
+    setup_threads(args.threads)
     data = structures(128)
-    single_loader = DataLoader(data, batch_size=16, shuffle=True)
-    rows: dict[str, list[float]] = {}
+    rows: dict[int, list[float]] = {}
     for _ in range(args.repeats):
-        rows.setdefault("single task", []).append(median_step(build(0), single_loader, args.steps))
+        single = DataLoader(data, batch_size=16, shuffle=True)
+        rows.setdefault(1, []).append(median_step(build(0), single, args.steps))
         for k in (2, 4, 8):
             loader = {"emt": DataLoader(data, batch_size=16, shuffle=True)}
-            rows.setdefault(f"multi-task, K={k}", []).append(
-                median_step(build(k), loader, args.steps)
-            )
-    baseline = statistics.median(rows["single task"])
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"SchNet 64 wide x 2 interactions, 16 EMT structures per step")  # fmt: skip
-    print(f"{'module':<20}{'ms/step':>10}{'ratio':>8}{'K passes':>10}")
-    for name, times in rows.items():
-        value = statistics.median(times)
-        k = 1 if name == "single task" else int(name.split("=")[1])
-        print(f"{name:<20}{1e3 * value:>10.2f}{value / baseline:>8.2f}{k:>10}")
+            rows.setdefault(k, []).append(median_step(build(k), loader, args.steps))
+    baseline = statistics.median(rows[1])
+    table = [
+        ["single task" if k == 1 else f"multi-task, K={k}", f"{1e3 * statistics.median(t):.2f}",
+         f"{statistics.median(t) / baseline:.2f}", k]
+        for k, t in rows.items()
+    ]  # fmt: skip
+    print(machine_line())
+    print_table("SchNet 64 wide x 2 interactions, 16 EMT structures per step",
+                ["module", "ms/step", "ratio", "K passes"], table)  # fmt: skip
 
 
 if __name__ == "__main__":
