@@ -42,7 +42,8 @@ torch.manual_seed(0)
 data = AtomsDataModule(
     bundled_dataset_path("emt"),  # 300 EMT metal cells, 8 to 32 atoms each
     keys=["energy", "force", "stress"],  # eV, eV/Å, eV/Å³
-    transform=PeriodicRadiusGraph(cutoff=4.0),
+    pre_transform=PeriodicRadiusGraph(cutoff=4.0),  # the neighbour graph, built once
+    in_memory=True,  # read every structure in setup(), so the loop never waits for the file
     batch_size=8,
 )
 data.setup("fit")  # random 80/10/10 split

@@ -117,6 +117,7 @@ def test_forces_example_learns_and_prints_units(
               "--plots", "false"]  # fmt: skip
     run = _fit("forces_schnet", *longer)
     lines = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("matsci: training throughput") for line in lines)
     units = {line.split()[0]: line.split()[-1] for line in lines if line.startswith("test/")}
     assert units["test/force/mae"] == "eV/Å"
     assert units["test/energy/mae_per_atom"] == "eV/atom"

@@ -1,13 +1,18 @@
 import csv
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import ase.db
 import ase.io
 import numpy as np
 import pytest
+import yaml
+from torch_geometric.transforms import Compose
 
-from matsci.cli import ConfigError, main, predict_to_file
+from matsci.cli import ConfigError, load_for_prediction, main, predict_to_file
 from matsci.data.examples import bundled_dataset_path
+from matsci.transforms import NoisyPositions, PeriodicRadiusGraph
 
 
 @pytest.fixture(scope="module")
@@ -77,3 +82,24 @@ def test_errors(fitted: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
         predict_to_file(checkpoint, bundled_dataset_path("emt"), tmp_path / "p.txt")
     with pytest.raises(ConfigError, match="expected an ASE database"):
         predict_to_file(checkpoint, tmp_path / "structures.cif", tmp_path / "p.csv")
+
+
+def test_prediction_applies_the_pre_transform_then_the_transform(
+    tmp_path: Path, tiny_force_config: Callable[[], dict[str, Any]]
+) -> None:
+    config = tiny_force_config()
+    data = config["data"]["init_args"]
+    data["pre_transform"] = data.pop("transform")
+    data["in_memory"] = True
+    data["transform"] = {"class_path": "matsci.transforms.NoisyPositions",
+                         "init_args": {"scale": 0.01}}  # fmt: skip
+    path = tmp_path / "held.yaml"
+    path.write_text(yaml.safe_dump(config))
+    main(["fit", "--config", str(path), "--runs_dir", str(tmp_path / "runs")])
+    checkpoint = tmp_path / "runs" / "held" / "version_0" / "checkpoints" / "best.ckpt"
+    _, transform = load_for_prediction(checkpoint)
+    assert isinstance(transform, Compose)
+    graph, noise = transform.transforms
+    assert isinstance(graph, PeriodicRadiusGraph)
+    assert graph.cutoff == 3.5
+    assert isinstance(noise, NoisyPositions)

@@ -329,3 +329,16 @@ def test_random_structures_round_trip(
         assert "stress" not in back.calc.results
     assert back.info["score"] == atoms.info["score"]
     np.testing.assert_array_equal(back.info["vector"], atoms.info["vector"])
+
+
+def test_results_of_moved_atoms_are_not_targets() -> None:
+    atoms = bulk("Cu", "fcc", a=3.6, cubic=True)
+    atoms.calc = EMT()
+    atoms.get_forces()
+    assert K.FORCE in atoms_to_data(atoms).keys()  # noqa: SIM118
+    atoms.positions[0, 0] += 0.1  # the calculator's results now describe another state
+    data = atoms_to_data(atoms)
+    assert K.FORCE not in data.keys()  # noqa: SIM118
+    assert K.ENERGY not in data.keys()  # noqa: SIM118
+    with pytest.raises(ValueError, match=r"no numeric target \['energy'\]"):
+        atoms_to_data(atoms, keys=[K.ENERGY])

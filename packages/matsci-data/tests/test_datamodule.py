@@ -191,3 +191,27 @@ def test_radius_graph_settings_are_saved_as_plain_data(db_path: Path) -> None:
     torch.save(dict(alone.hparams), buffer)
     buffer.seek(0)
     assert torch.load(buffer, weights_only=True)["radius_graph"]["cutoff"] == 4.5
+
+
+def test_radius_graph_settings_come_from_the_pre_transform_too(db_path: Path) -> None:
+    graph = PeriodicRadiusGraph(cutoff=3.0)
+    module = AtomsDataModule(db_path, pre_transform=graph, in_memory=True)
+    assert module.hparams["radius_graph"] == {"cutoff": 3.0, "max_neighbors": None}
+    late = AtomsDataModule(db_path, pre_transform=graph, transform=PeriodicRadiusGraph(cutoff=5.0))
+    assert late.hparams["radius_graph"] == {"cutoff": 5.0, "max_neighbors": None}
+    assert "pre_transform" not in module.hparams
+
+
+def test_in_memory_loaders_give_the_batches_of_reading_loaders(db_path: Path) -> None:
+    def batches(**options: object) -> list[Data]:
+        module = AtomsDataModule(db_path, keys=["target"], batch_size=8, seed=3, **options)  # type: ignore[arg-type]
+        module.setup("fit")
+        return [*module.train_dataloader(), *module.val_dataloader()]
+
+    graph = PeriodicRadiusGraph(cutoff=3.0)
+    read = batches(transform=graph)
+    held = batches(pre_transform=graph, in_memory=True)
+    assert len(read) == len(held)
+    for one, other in zip(read, held, strict=True):
+        for key in (STRUCTURE_ID, K.POS, K.EDGE_INDEX, K.CELL_OFFSETS, "target"):
+            torch.testing.assert_close(one[key], other[key], rtol=0, atol=0)

@@ -261,3 +261,67 @@ def test_keys_must_be_a_sequence_of_names(dataset_file: Path) -> None:
 def test_repr(dataset_file: Path) -> None:
     text = repr(_open(dataset_file, keys=[K.ENERGY]))
     assert text.endswith(f"{os.fspath(dataset_file)!r}, structures=6, keys=('energy',))")
+
+
+class _Counting:
+    """A deterministic pre-transform that counts its calls."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, data: Data) -> Data:
+        self.calls += 1
+        data.doubled_pos = 2 * data.pos
+        return data
+
+
+def test_in_memory_items_equal_read_items(dataset_file: Path) -> None:
+    keys = [K.ENERGY, K.FORCE, K.STRESS]
+    lazy, held = _open(dataset_file, keys=keys), _open(dataset_file, keys=keys, in_memory=True)
+    for i in range(len(lazy)):
+        one, other = lazy[i], held[i]
+        assert sorted(one.keys()) == sorted(other.keys())
+        for key in one.keys():  # noqa: SIM118
+            torch.testing.assert_close(one[key], other[key], rtol=0, atol=0)
+
+
+def test_in_memory_reads_once_and_pre_transforms_once(
+    dataset_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    counting = _Counting()
+    dataset = _open(dataset_file, pre_transform=counting, in_memory=True)
+    assert counting.calls == len(dataset)
+    monkeypatch.setattr(type(dataset), "_read", lambda *_: pytest.fail("read after setup"))
+    for _ in range(3):
+        for i in range(len(dataset)):
+            torch.testing.assert_close(dataset[i].doubled_pos, 2 * dataset[i].pos)
+    assert counting.calls == len(dataset)
+    batches = list(DataLoader(dataset, batch_size=4, num_workers=1))
+    assert sum(int(batch.num_graphs) for batch in batches) == len(dataset)
+
+
+def test_pre_transform_without_memory_runs_before_the_transform(dataset_file: Path) -> None:
+    order: list[str] = []
+
+    def first(data: Data) -> Data:
+        order.append("pre")
+        return data
+
+    def second(data: Data) -> Data:
+        order.append("transform")
+        return data
+
+    _open(dataset_file, pre_transform=first, transform=second)[1]
+    assert order[-2:] == ["pre", "transform"]
+
+
+def test_random_transform_redraws_on_held_structures(dataset_file: Path) -> None:
+    def jitter(data: Data) -> Data:
+        data.pos = data.pos + torch.randn_like(data.pos)
+        return data
+
+    plain = _open(dataset_file, in_memory=True)
+    jittered = _open(dataset_file, transform=jitter, in_memory=True)
+    first, second = jittered[2].pos, jittered[2].pos
+    assert not torch.equal(first, second)  # drawn again at every access
+    torch.testing.assert_close(jittered._held[2].pos, plain[2].pos)  # type: ignore[index]

@@ -28,6 +28,7 @@ from matsci.cli._predict import predict_main
 from matsci.cli._pretrained_encoder import PretrainedEncoder
 from matsci.cli._report import metrics_table
 from matsci.cli._run_info import RunInfo
+from matsci.tasks.core import AtomThroughputMonitor
 
 _DESCRIPTION: Final = """\
 Train, test and use matsci tasks from YAML configuration files.
@@ -214,6 +215,7 @@ class MatsciCLI(LightningCLI):
         config = self.config[self.subcommand]
         if self.trainer.state.status == TrainerStatus.INTERRUPTED:
             return
+        self._report_throughput()
         if config.test_after_fit:
             checkpoint = self.trainer.checkpoint_callback
             best = getattr(checkpoint, "best_model_path", "") if checkpoint else ""
@@ -242,6 +244,17 @@ class MatsciCLI(LightningCLI):
         print(f"matsci: run folder {self.trainer.log_dir}")
 
     # -- reports -----------------------------------------------------------------------------
+
+    def _report_throughput(self) -> None:
+        """Print the training totals of an :class:`AtomThroughputMonitor`, if there is one."""
+        for callback in self.trainer.callbacks:  # type: ignore[attr-defined]
+            if isinstance(callback, AtomThroughputMonitor) and callback.total.steps:
+                total = callback.total
+                print(
+                    f"matsci: training throughput {total.atoms_per_second:,.0f} atoms/s, "
+                    f"{total.structures_per_second:,.1f} structures/s, waiting for data "
+                    f"{100 * total.data_wait_fraction:.1f}% of the time"
+                )
 
     def _report(self, results: Sequence[Mapping[str, float]], source: str, *, plots: bool) -> None:
         metrics = {name: value for result in results for name, value in result.items()}

@@ -20,7 +20,7 @@ from lightning.pytorch import LightningModule
 from torch import Tensor
 from torch_geometric.data import Batch
 from torch_geometric.loader import DataLoader
-from torch_geometric.transforms import BaseTransform
+from torch_geometric.transforms import BaseTransform, Compose
 
 from matsci.cli._errors import ConfigError, ShortErrorParser
 from matsci.cli._run_info import CHECKPOINT_KEY
@@ -166,6 +166,9 @@ def load_for_prediction(
 ) -> tuple[LightningModule, BaseTransform | None]:
     """The model of a ``matsci fit`` checkpoint and the transform of its training data.
 
+    A data module with a ``pre_transform`` and a ``transform`` gives both, composed in that
+    order (the order the data module applies them).
+
     Parameters
     ----------
     ckpt_path
@@ -201,7 +204,9 @@ def load_for_prediction(
     if isinstance(datasets, dict):
         name = _dataset_name(model, dataset)
         data_args = (datasets.get(name) or {}).get("init_args") or {}
-    return model, _transform(data_args.get("transform"))
+    transforms = [_transform(data_args.get(name)) for name in ("pre_transform", "transform")]
+    present = [transform for transform in transforms if transform is not None]
+    return model, (Compose(present) if len(present) > 1 else next(iter(present), None))
 
 
 def _dataset_name(model: LightningModule, dataset: str | None) -> str:

@@ -1,13 +1,16 @@
 # mypy: untyped-calls-exclude=ase
-"""Lazily indexed datasets of ASE structures: ASE databases and extxyz files.
+"""Indexed datasets of ASE structures: ASE databases and extxyz files.
 
 Both read one structure per item, convert it with :func:`~matsci.data.atoms_to_data` and apply
-an optional transform; nothing is loaded up front but the index (database row ids or the byte
-offsets of the frames in a file). Both never write to the file they read.
+an optional ``pre_transform`` then an optional ``transform``; nothing is loaded up front but the
+index (database row ids or the byte offsets of the frames in a file), unless ``in_memory`` asks
+to read every structure once (through ``pre_transform``) and keep it. Both never write to the
+file they read.
 """
 
 from __future__ import annotations
 
+import copy
 import io
 import operator
 import os
@@ -36,18 +39,34 @@ _NOT_TARGETS: Final = K.STRUCTURE_KEYS
 
 
 class _AtomsDataset(Dataset[Data]):
-    """Shared item access: index checks, conversion, transform, ``keys``."""
+    """Shared item access: index checks, conversion, transforms, the cache, ``keys``."""
 
-    def __init__(self, path: str, keys: Sequence[str] | None, transform: Transform | None) -> None:
+    def __init__(
+        self,
+        path: str,
+        keys: Sequence[str] | None,
+        transform: Transform | None,
+        pre_transform: Transform | None,
+        in_memory: bool,
+    ) -> None:
         self.path = path
         self.transform = transform
+        self.pre_transform = pre_transform
+        self.in_memory = in_memory
         self._requested = None if keys is None else tuple(keys)
         self._available: tuple[str, ...] = ()
+        self._held: list[Data] | None = None
         if isinstance(keys, str):
             raise TypeError(
                 f"{type(self).__name__}(keys={keys!r}): keys is a sequence of key names, "
                 f"e.g. [{keys!r}]"
             )
+
+    def _finish_init(self) -> None:
+        """Check the keys on the first structure, then read them all if ``in_memory``."""
+        self._available = self._check_keys()
+        if self.in_memory:
+            self._held = [self._prepared(position) for position in range(len(self))]
 
     def _check_keys(self) -> tuple[str, ...]:
         """Convert the first structure: fail now on a missing key; return its targets."""
@@ -90,6 +109,11 @@ class _AtomsDataset(Dataset[Data]):
                 f"{type(self).__name__}({self.path!r}), {self._name(structure_id)}: {error}"
             ) from error
 
+    def _prepared(self, position: int) -> Data:
+        """The structure at ``position``, converted and through ``pre_transform``."""
+        data = self._convert(position, keys=self._requested)
+        return self.pre_transform(data) if self.pre_transform is not None else data
+
     def __getitem__(self, index: SupportsIndex) -> Data:
         position = operator.index(index)
         length = len(self)
@@ -97,7 +121,14 @@ class _AtomsDataset(Dataset[Data]):
             raise IndexError(
                 f"{type(self).__name__}: index {position} out of range for {length} structures"
             )
-        data = self._convert(position % length, keys=self._requested)
+        position %= length
+        if self._held is None:
+            data = self._prepared(position)
+        else:
+            # A shallow copy: the transform may set attributes without touching the held one.
+            data = self._held[position]
+            if self.transform is not None:
+                data = copy.copy(data)
         return self.transform(data) if self.transform is not None else data
 
     def __repr__(self) -> str:
@@ -128,7 +159,16 @@ class AseDbDataset(_AtomsDataset):
     keys : sequence of str, optional
         Targets every item holds (see :func:`~matsci.data.atoms_to_data`); ``None`` keeps all.
     transform : callable, optional
-        Applied to each ``Data`` after conversion.
+        Applied to each ``Data`` on every access, after ``pre_transform``: random transforms
+        (:class:`~matsci.transforms.NoisyPositions`) belong here.
+    pre_transform : callable, optional
+        Applied to each ``Data`` after conversion; with ``in_memory``, once per structure.
+        It must be deterministic, e.g. a
+        :class:`~matsci.transforms.PeriodicRadiusGraph`.
+    in_memory : bool
+        Read, convert and ``pre_transform`` every structure once, when the dataset is made,
+        and keep them; items then skip the database. Holds the whole selection in memory.
+        Transforms must not change tensors in place (PyG's rule): items share them.
     selection : str, optional
         An ASE selection (``"natoms<10,energy<0"``) choosing the rows.
 
@@ -160,12 +200,15 @@ class AseDbDataset(_AtomsDataset):
         keys: Sequence[str] | None = None,
         transform: Transform | None = None,
         selection: str | None = None,
+        *,
+        pre_transform: Transform | None = None,
+        in_memory: bool = False,
     ) -> None:
         text = os.fspath(path)
         self._is_url = "://" in text
         if not self._is_url:
             text = str(_checked_file(text, "AseDbDataset"))
-        super().__init__(text, keys, transform)
+        super().__init__(text, keys, transform, pre_transform, in_memory)
         self.selection = selection
         self._db: Any = None
         self._pid: int | None = None
@@ -175,7 +218,7 @@ class AseDbDataset(_AtomsDataset):
             raise ValueError(
                 f"AseDbDataset: {text!r} is not a readable ASE database ({error})"
             ) from error
-        self._available = self._check_keys()
+        self._finish_init()
 
     def _database(self) -> Any:
         """The connection of this process, made on first use (workers make their own)."""
@@ -259,7 +302,16 @@ class ExtxyzDataset(_AtomsDataset):
     keys : sequence of str, optional
         Targets every item holds (see :func:`~matsci.data.atoms_to_data`); ``None`` keeps all.
     transform : callable, optional
-        Applied to each ``Data`` after conversion.
+        Applied to each ``Data`` on every access, after ``pre_transform``: random transforms
+        (:class:`~matsci.transforms.NoisyPositions`) belong here.
+    pre_transform : callable, optional
+        Applied to each ``Data`` after conversion; with ``in_memory``, once per frame.
+        It must be deterministic, e.g. a
+        :class:`~matsci.transforms.PeriodicRadiusGraph`.
+    in_memory : bool
+        Read, convert and ``pre_transform`` every frame once, when the dataset is made, and
+        keep them; items then skip the file. Holds the whole file in memory. Transforms must
+        not change tensors in place (PyG's rule): items share them.
 
     Raises
     ------
@@ -288,10 +340,14 @@ class ExtxyzDataset(_AtomsDataset):
         path: str | os.PathLike[str],
         keys: Sequence[str] | None = None,
         transform: Transform | None = None,
+        *,
+        pre_transform: Transform | None = None,
+        in_memory: bool = False,
     ) -> None:
-        super().__init__(str(_checked_file(path, "ExtxyzDataset")), keys, transform)
+        path = str(_checked_file(path, "ExtxyzDataset"))
+        super().__init__(path, keys, transform, pre_transform, in_memory)
         self._offsets, self._end = self._scan()
-        self._available = self._check_keys()
+        self._finish_init()
 
     def _scan(self) -> tuple[list[int], int]:
         """Byte offsets of the frames, and the file's size."""
