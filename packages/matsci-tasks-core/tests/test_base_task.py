@@ -14,6 +14,7 @@ from matsci.tasks.core import (
     Embeddings,
     ScalarRegressionTask,
 )
+from matsci.tasks.core._base_task import weighted_sum
 
 
 def _regression(**kwargs: Any) -> ScalarRegressionTask:
@@ -300,3 +301,12 @@ def test_embedding_reduction_pools_atom_embeddings(reduction: str) -> None:
     expected = {"mean": first.mean(0), "sum": first.sum(0), "max": first.amax(0)}[reduction]
     torch.testing.assert_close(pooled[0], expected)
     assert pooled.shape == (3, 3)
+
+
+def test_weighted_sum_skips_only_operations_that_cannot_change_it() -> None:
+    a, b = torch.tensor(0.1), torch.tensor(0.7)
+    assert weighted_sum([(1.0, a)]) is a
+    assert torch.equal(weighted_sum([(1.0, a), (3.0, b)]), torch.stack([1.0 * a, 3.0 * b]).sum())
+    assert weighted_sum([(2.0, a)]).item() == pytest.approx(0.2)
+    # A zero weight still multiplies: a NaN loss stays NaN, it does not vanish.
+    assert weighted_sum([(0.0, torch.tensor(float("nan"))), (1.0, b)]).isnan()

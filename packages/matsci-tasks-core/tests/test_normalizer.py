@@ -165,6 +165,38 @@ def test_state_dict_round_trip(dtype: torch.dtype, rng: torch.Generator) -> None
     assert torch.equal(fresh.denormalize(values), normalizer.denormalize(values))
 
 
+def test_cast_statistics_follow_every_change_of_the_buffers(dtype: torch.dtype) -> None:
+    normalizer = Normalizer(dim=2, mean=[1.0, -2.0], std=[0.5, 4.0])
+    values = torch.tensor([[2.0, 2.0]], dtype=dtype)
+    assert normalizer.normalize(values).tolist() == [[2.0, 1.0]]
+    assert normalizer.normalize(values).tolist() == [[2.0, 1.0]]  # from the kept cast copies
+    normalizer.mean.fill_(0.0)  # in place
+    assert normalizer.normalize(values).tolist() == [[4.0, 0.5]]
+    normalizer.load_state_dict({**normalizer.state_dict(), "std": torch.ones(2).double()})
+    assert normalizer.normalize(values).tolist() == [[2.0, 2.0]]
+    assert normalizer.denormalize(values).tolist() == [[2.0, 2.0]]
+    normalizer.fit([torch.tensor([[1.0, 10.0], [3.0, 10.0]])])  # finalize copies in place
+    assert normalizer.normalize(values).tolist() == [[0.0, -8.0]]
+    normalizer.mean = torch.tensor([2.0, 2.0], dtype=torch.float64)  # a new buffer object
+    assert normalizer.normalize(values).tolist() == [[0.0, 0.0]]
+    normalizer.float()  # .to() replaces the buffers
+    assert normalizer.mean.dtype == torch.float32
+    assert normalizer.normalize(values).tolist() == [[0.0, 0.0]]
+
+
+def test_cast_made_in_inference_mode_is_not_reused_for_training() -> None:
+    normalizer = Normalizer(dim=1, mean=1.0, std=2.0)
+    with torch.inference_mode():
+        assert normalizer.denormalize(torch.tensor([1.0])).tolist() == [3.0]
+    output = torch.tensor([1.0], requires_grad=True)
+    normalizer.denormalize(output).sum().backward()  # type: ignore[no-untyped-call]
+    assert output.grad is not None
+    assert output.grad.tolist() == [2.0]
+    with torch.inference_mode():
+        built_in_inference = Normalizer(dim=1, mean=1.0, std=2.0)
+        assert built_in_inference.normalize(torch.tensor([5.0])).tolist() == [2.0]
+
+
 def test_streaming_fit_resumes_from_state_dict(rng: torch.Generator) -> None:
     first, second = _split(_targets(300, rng), [120, 180])
     partial = Normalizer(dim=3)
@@ -295,3 +327,10 @@ def test_chunked_fit_matches_single_shot_property(rows: list[list[float]], cuts:
     torch.testing.assert_close(raw_std, std, rtol=1e-9, atol=1e-7)
     assert torch.equal(normalizer.std, torch.where(raw_std < 1e-8, 1.0, raw_std))
     assert normalizer.count.tolist() == [float(len(rows))] * 2
+
+
+def test_compiled_normalize_matches_eager() -> None:
+    normalizer = Normalizer(dim=2, mean=[1.0, -2.0], std=[0.5, 4.0])
+    values = torch.tensor([[2.0, 2.0], [1.0, -2.0]])
+    compiled = torch.compile(normalizer.normalize, fullgraph=True)
+    assert torch.equal(compiled(values), normalizer.normalize(values))

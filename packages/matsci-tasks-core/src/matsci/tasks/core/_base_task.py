@@ -6,7 +6,6 @@ from abc import abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, ClassVar, Literal, Self, cast
 
-import lightning.pytorch as pl
 import torch
 from torch import Tensor, nn
 from torch_geometric.data import Batch
@@ -39,6 +38,7 @@ from matsci.tasks.core._inputs import (
     gradients_enabled,
     prepare_encoder_input,
 )
+from matsci.tasks.core._lean_module import LeanLightningModule
 from matsci.tasks.core._masked_loss import MaskedLoss
 from matsci.tasks.core._normalizer import Normalizer
 from matsci.tasks.core._optim import check_scheduler_kwargs, optimization_config, optimizer_path
@@ -57,7 +57,7 @@ DEFAULT_OUTPUT_KWARGS: dict[str, Any] = {
 """Head settings used unless ``output_kwargs`` overrides them."""
 
 
-class BaseTaskModule(pl.LightningModule):
+class BaseTaskModule(LeanLightningModule):
     """Shared machinery of all tasks: a LightningModule with an encoder and one head per key.
 
     Subclasses say what a key predicts (:meth:`build_head`, :meth:`compute_outputs`), what the
@@ -256,7 +256,12 @@ class BaseTaskModule(pl.LightningModule):
         return target
 
     def metric_inputs(self, key: str, output: Tensor) -> Tensor:
-        """What the metrics compare with the target: by default the physical prediction."""
+        """What the metrics compare with the target: by default the physical prediction.
+
+        Training metrics are fed once per group of steps, so during training the raw outputs of
+        several steps arrive concatenated along the first dimension: the map must act row by
+        row, as de-normalizing, a sigmoid or a softmax over the last dimension do.
+        """
         return self.to_physical(key, output)
 
     def update_metric(
@@ -517,27 +522,28 @@ class BaseTaskModule(pl.LightningModule):
             present = _present(target)
             loss_fn: MaskedLoss = self.losses[key]  # type: ignore[assignment]
             losses[key] = loss_fn(outputs[key], self.loss_target(key, target), present)
-        total = torch.stack(
-            [self.task_loss_scaling[key] * losses[key] for key in self.task_keys]
-        ).sum()
+        total = weighted_sum([(self.task_loss_scaling[key], losses[key]) for key in self.task_keys])
         return total, losses
 
     def _update_metrics(
         self, outputs: Mapping[str, Tensor], targets: Mapping[str, Tensor], stage: Stage
     ) -> None:
         # Metrics are computed, logged and reset once per epoch (see on_*_epoch_end). Training
-        # steps are fed in groups: one metric update (and one look for missing targets, a host
-        # sync) per group of steps instead of per step; the results are the same.
-        predictions = self._metric_predictions(outputs)
+        # steps are fed in groups: the raw outputs wait, and one metric_inputs call, metric
+        # update and look for missing targets (a host sync) serve a group of steps instead of
+        # each step; the results are the same.
         if stage != "train":
+            predictions = self._metric_predictions(outputs)
             self._feed_metrics(self._stage_collections(stage), predictions, targets)
-        elif self._pending_train_metrics.add(predictions, targets):
+        elif self._pending_train_metrics.add(outputs, targets):
             self._flush_train_metrics()
 
     def _flush_train_metrics(self) -> None:
         pending = self._pending_train_metrics.pop()
         if pending is not None:
-            self._feed_metrics(self._stage_collections("train"), *pending)
+            outputs, targets = pending
+            predictions = self._metric_predictions(outputs)
+            self._feed_metrics(self._stage_collections("train"), predictions, targets)
 
     def update_metrics(
         self, collections: Mapping[str, Any], outputs: Mapping[str, Tensor], batch: Batch
@@ -948,6 +954,28 @@ def rank_average_weight(batch_size: int) -> int:
     return cast(int, float(batch_size))
 
 
+def weighted_sum(terms: Sequence[tuple[float, Tensor]]) -> Tensor:
+    """``sum(weight * value)``, without the operations that cannot change it.
+
+    A weight of exactly 1 is not multiplied and a single term is not stacked and summed; both
+    give the same number bit for bit (a weight of 0 is kept: it turns NaN into NaN, not 0).
+
+    Parameters
+    ----------
+    terms
+        ``(weight, value)`` pairs, each value a scalar tensor.
+
+    Returns
+    -------
+    Tensor
+        The weighted sum, a scalar.
+    """
+    values = [value if weight == 1.0 else weight * value for weight, value in terms]
+    if len(values) == 1:
+        return values[0]
+    return torch.stack(values).sum()
+
+
 def _any_missing(targets: Mapping[str, Tensor]) -> dict[str, bool]:
     """Whether each float target has a NaN, read from the device in one transfer.
 
@@ -963,7 +991,7 @@ def _any_missing(targets: Mapping[str, Tensor]) -> dict[str, bool]:
 
 def _present(target: Tensor) -> Tensor:
     if target.is_floating_point():
-        return ~torch.isnan(target)
+        return target == target  # False exactly at NaN; one operation instead of ~isnan
     return torch.ones_like(target, dtype=torch.bool)
 
 

@@ -43,10 +43,12 @@ class EpochMeans:
 
     def update(self, values: Sequence[Tensor], weight: float) -> None:
         """Add one step's values (detached), weighted by ``weight`` (its batch size)."""
-        stacked = torch.stack([value.detach() for value in values])
-        # Sums stay on the device in at least single precision (bf16 losses would round).
-        stacked = stacked.to(torch.promote_types(stacked.dtype, torch.float32)) * weight
-        self._sums = stacked if self._sums is None else self._sums + stacked
+        with torch.no_grad():  # cheaper than detaching each value
+            stacked = torch.stack(list(values))
+            # Sums stay on the device in at least single precision (bf16 losses would round).
+            wide = torch.promote_types(stacked.dtype, torch.float32)
+            stacked = (stacked if stacked.dtype == wide else stacked.to(wide)) * weight
+            self._sums = stacked if self._sums is None else self._sums + stacked
         self._weight += weight
 
     def compute(
@@ -74,12 +76,13 @@ class EpochMeans:
 
 
 class PendingMetricInputs:
-    """Metric inputs of the last few training steps, fed to the metrics together.
+    """Outputs and targets of the last few training steps, fed to the metrics together.
 
     A torchmetrics update costs tens of microseconds of Python per metric, whatever the batch
     size; feeding ``every`` steps at once (concatenated along the first dimension) gives the
-    same metric values for a fraction of the cost. The inputs are detached and small
-    (predictions and targets), so holding a few steps costs little memory.
+    same metric values for a fraction of the cost. Tasks keep their raw outputs here and turn
+    them into metric inputs (de-normalize) once per group too. The inputs are detached and small
+    (outputs and targets), so holding a few steps costs little memory.
 
     Parameters
     ----------
@@ -91,29 +94,29 @@ class PendingMetricInputs:
         self.every = every
         self._steps: list[tuple[dict[str, Tensor], dict[str, Tensor]]] = []
 
-    def add(self, predictions: Mapping[str, Tensor], targets: Mapping[str, Tensor]) -> bool:
-        """Keep one step's inputs; ``True`` when ``every`` steps are waiting."""
-        self._steps.append(
-            (
-                {key: value.detach() for key, value in predictions.items()},
-                {key: value.detach() for key, value in targets.items()},
-            )
-        )
+    def add(self, outputs: Mapping[str, Tensor], targets: Mapping[str, Tensor]) -> bool:
+        """Keep one step's inputs (detached); ``True`` when ``every`` steps are waiting."""
+        self._steps.append((_detached(outputs), _detached(targets)))
         return len(self._steps) >= self.every
 
     def pop(self) -> tuple[dict[str, Tensor], dict[str, Tensor]] | None:
-        """The waiting inputs concatenated per key, ``(predictions, targets)``, or ``None``."""
+        """The waiting inputs concatenated per key, ``(outputs, targets)``, or ``None``."""
         if not self._steps:
             return None
         steps, self._steps = self._steps, []
         keys = list(steps[0][1])
-        predictions = {key: torch.cat([step[0][key] for step in steps]) for key in keys}
+        outputs = {key: torch.cat([step[0][key] for step in steps]) for key in keys}
         targets = {key: torch.cat([step[1][key] for step in steps]) for key in keys}
-        return predictions, targets
+        return outputs, targets
 
     def clear(self) -> None:
         """Drop the waiting inputs."""
         self._steps = []
+
+
+def _detached(values: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    # A tensor that does not require grad has no graph to drop: no detach needed.
+    return {key: value.detach() if value.requires_grad else value for key, value in values.items()}
 
 
 def is_logging_step(module: Any) -> bool:

@@ -128,8 +128,8 @@ def gradients_enabled(enabled: bool = True) -> Iterator[None]:
     ...     torch.autograd.grad((x**2).sum(), x)[0]
     tensor([2., 2.])
     """
-    if not enabled:
-        yield
+    if not enabled or (torch.is_grad_enabled() and not torch.is_inference_mode_enabled()):
+        yield  # nothing to switch (a training step): skip the two context managers
         return
     with torch.inference_mode(False), torch.enable_grad():
         yield

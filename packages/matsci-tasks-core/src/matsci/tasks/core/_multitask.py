@@ -6,7 +6,6 @@ import copy
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Self
 
-import lightning.pytorch as pl
 import torch
 from torch import Tensor, nn
 from torch_geometric.data import Batch
@@ -19,6 +18,7 @@ from matsci.tasks.core._base_task import (
     Stage,
     build_encoder,
     rank_average_weight,
+    weighted_sum,
 )
 from matsci.tasks.core._config import class_path, import_class, to_plain
 from matsci.tasks.core._ema import Weights, load_checkpoint_with_weights
@@ -31,6 +31,7 @@ from matsci.tasks.core._epoch_means import (
     log_training_step,
 )
 from matsci.tasks.core._inputs import InputRequest, gradients_enabled, prepare_encoder_input
+from matsci.tasks.core._lean_module import LeanLightningModule
 from matsci.tasks.core._loss_weights import LossWeightSchedule
 from matsci.tasks.core._optim import check_scheduler_kwargs, optimization_config, optimizer_path
 
@@ -39,7 +40,7 @@ _EVAL_STAGES: tuple[Stage, ...] = ("val", "test")
 _NAME = "MultiTaskLitModule"
 
 
-class MultiTaskLitModule(pl.LightningModule):
+class MultiTaskLitModule(LeanLightningModule):
     """Train several tasks, on one or more datasets, with one shared encoder.
 
     Each training step runs the encoder once per dataset batch (twice when a denoising task
@@ -391,8 +392,10 @@ class MultiTaskLitModule(pl.LightningModule):
     def _flush_train_metrics(self, task_id: str) -> None:
         pending = self._pending_train_metrics[task_id].pop()
         if pending is not None:
-            collections = self._metric_collections("train", task_id)
-            self.task(task_id)._feed_metrics(collections, *pending)
+            task = self.task(task_id)
+            outputs, targets = pending
+            predictions = task._metric_predictions(outputs)
+            task._feed_metrics(self._metric_collections("train", task_id), predictions, targets)
 
     @override
     def on_validation_epoch_end(self) -> None:
@@ -444,14 +447,14 @@ class MultiTaskLitModule(pl.LightningModule):
                 self.task(task_id)._check_batch(data, stage, with_targets=True)
         outputs = self(by_dataset)
         training = stage == "train"
-        terms: list[Tensor] = []
+        terms: list[tuple[float, Tensor]] = []
         for task_id, task_outputs in outputs.items():
             task = self.task(task_id)
             data = by_dataset[task_id.split("/", 1)[0]]
             batch_size = int(data.num_graphs)
             targets = task.get_targets(data)
             task_total, losses = task.compute_losses(task_outputs, data, targets=targets)
-            terms.append(self.loss_weight(task_id) * task_total)
+            terms.append((self.loss_weight(task_id), task_total))
             if training:
                 # Step values reach the loggers only on logging steps: log them only there.
                 if is_logging_step(self):
@@ -466,17 +469,17 @@ class MultiTaskLitModule(pl.LightningModule):
                              add_dataloader_idx=False)  # fmt: skip
             # Metrics are computed, logged and reset once per epoch (on_*_epoch_end); training
             # steps are fed in groups (see BaseTaskModule._update_metrics).
-            predictions = task._metric_predictions(task_outputs)
             if not training:
+                predictions = task._metric_predictions(task_outputs)
                 task._feed_metrics(self._metric_collections(stage, task_id), predictions, targets)
-            elif self._pending_train_metrics[task_id].add(predictions, targets):
+            elif self._pending_train_metrics[task_id].add(task_outputs, targets):
                 self._flush_train_metrics(task_id)
         if training:
             # Heads of tasks without a batch this step still join the graph (with weight 0), so
             # DDP sees a gradient for every parameter and needs no find_unused_parameters.
             absent = [t for t in self.task_names if t not in outputs]
-            terms += [0.0 * p.sum() for t in absent for p in self.task(t).parameters()]
-        total = torch.stack(terms).sum()
+            terms += [(0.0, p.sum()) for t in absent for p in self.task(t).parameters()]
+        total = weighted_sum(terms)
         if training:
             size = sum(int(data.num_graphs) for data in by_dataset.values())
             log_training_step(self, self._train_means, [total], size)

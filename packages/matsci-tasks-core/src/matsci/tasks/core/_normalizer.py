@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from typing import Self
+from typing import NamedTuple, Self
 
 import torch
 from torch import Tensor
@@ -30,8 +30,11 @@ class Normalizer(torch.nn.Module):
         \bar{x} = \bar{x}_a + \delta\,\frac{n_b}{n}, \quad
         M_2 = M_{2,a} + M_{2,b} + \delta^2\,\frac{n_a n_b}{n}.
 
-    All buffers are float64 and are cast to the input's dtype when normalizing. Casting the module
-    itself (``.half()``, Lightning's ``"16-true"`` precision) casts them too and loses precision.
+    All buffers are float64 and are cast to the input's dtype when normalizing; the cast copies
+    are kept and reused until a buffer is changed (in place, as by ``load_state_dict`` or
+    :meth:`finalize`, or replaced, as by ``.to()``), so a training step pays no cast. Casting the
+    module itself (``.half()``, Lightning's ``"16-true"`` precision) casts the buffers too and
+    loses precision.
 
     Parameters
     ----------
@@ -101,6 +104,7 @@ class Normalizer(torch.nn.Module):
         self.register_buffer("count", zeros.clone())
         self.register_buffer("running_mean", zeros.clone())
         self.register_buffer("m2", zeros.clone())
+        self._cast_cache: dict[tuple[torch.dtype, bool], _CastStatistics] = {}
 
     def normalize(self, values: Tensor) -> Tensor:
         """Map targets to normalized units, ``(values - mean) / std``.
@@ -123,7 +127,8 @@ class Normalizer(torch.nn.Module):
             If ``values`` is not a floating-point tensor.
         """
         self._check_shape("normalize", values)
-        return (values - self.mean.to(values.dtype)) / self.std.to(values.dtype)
+        mean, std = self._statistics(values.dtype)
+        return (values - mean) / std
 
     def denormalize(self, values: Tensor) -> Tensor:
         """Map normalized values back to target units, ``values * std + mean``.
@@ -146,7 +151,8 @@ class Normalizer(torch.nn.Module):
             If ``values`` is not a floating-point tensor.
         """
         self._check_shape("denormalize", values)
-        return values * self.std.to(values.dtype) + self.mean.to(values.dtype)
+        mean, std = self._statistics(values.dtype)
+        return values * std + mean
 
     @torch.no_grad()
     def update(self, values: Tensor) -> None:
@@ -262,6 +268,32 @@ class Normalizer(torch.nn.Module):
     def extra_repr(self) -> str:
         return f"dim={self.dim}, mean={_format(self.mean)}, std={_format(self.std)}"
 
+    def _statistics(self, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """``mean`` and ``std`` cast to ``dtype``, cast once and reused while the buffers stay.
+
+        A cached copy is reused only for the same buffer objects at the same version (every
+        in-place change bumps a tensor's version; ``.to()`` and assignment replace the object),
+        and only in the inference mode it was made in: a copy made in inference mode cannot
+        be saved for backward, and inference-mode buffers carry no version to check. Under
+        ``torch.compile`` the cast is traced as before (the compiled graph holds it).
+        """
+        mean, std = self.mean, self.std
+        if torch.compiler.is_compiling() or mean.is_inference() or std.is_inference():
+            return mean.to(dtype), std.to(dtype)
+        key = (dtype, torch.is_inference_mode_enabled())
+        cached = self._cast_cache.get(key)
+        if (
+            cached is not None
+            and cached.mean_source is mean
+            and cached.std_source is std
+            and cached.versions == (mean._version, std._version)
+        ):
+            return cached.mean, cached.std
+        cast = _CastStatistics(mean, std, (mean._version, std._version), mean.to(dtype),
+                               std.to(dtype))  # fmt: skip
+        self._cast_cache[key] = cast
+        return cast.mean, cast.std
+
     def _check_shape(self, method: str, values: Tensor) -> None:
         """Refuse inputs whose last dimension is not ``dim`` (``[B]`` is allowed for ``dim == 1``).
 
@@ -278,6 +310,16 @@ class Normalizer(torch.nn.Module):
                 f"Normalizer(dim={self.dim}).{method}: values of shape {tuple(values.shape)} do "
                 f"not match {expected}; the last dimension must be {self.dim}"
             )
+
+
+class _CastStatistics(NamedTuple):
+    """The buffers a cast was made from, their versions then, and the cast copies."""
+
+    mean_source: Tensor
+    std_source: Tensor
+    versions: tuple[int, int]
+    mean: Tensor
+    std: Tensor
 
 
 def _column_values(name: str, value: float | Sequence[float] | Tensor, dim: int) -> Tensor:
