@@ -135,11 +135,14 @@ def lint(session: nox.Session) -> None:
 def docs(session: nox.Session) -> None:
     """Build the Sphinx site with warnings as errors and run its doctests."""
     _sync(session, "--all-packages", "--all-extras", "--group", "docs")
-    session.run("sphinx-build", "-W", "--keep-going", "-b", "html", "docs", "docs/_build/html")
+    # -E: read every page afresh, so a warning in an unchanged page is not hidden by the cache.
+    session.run(
+        "sphinx-build", "-E", "-W", "--keep-going", "-b", "html", "docs", "docs/_build/html"
+    )
     # Every name in every package's __all__ has a docstring and an entry in the built inventory.
     session.run("python", "scripts/check_api_reference.py")
     session.run(
-        "sphinx-build", "-W", "--keep-going", "-b", "doctest", "docs", "docs/_build/doctest"
+        "sphinx-build", "-E", "-W", "--keep-going", "-b", "doctest", "docs", "docs/_build/doctest"
     )
 
 

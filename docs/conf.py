@@ -2,9 +2,11 @@
 
 Build the HTML pages and run every example with::
 
-    uv run --group docs sphinx-build -W -b html docs docs/_build/html
-    uv run --group docs sphinx-build -W -b doctest docs docs/_build/doctest
+    uv run --group docs sphinx-build -E -W -b html docs docs/_build/html
+    uv run --group docs sphinx-build -E -W -b doctest docs docs/_build/doctest
 """
+
+import sys
 
 project = "matsci"
 author = "matsci contributors"
@@ -56,3 +58,33 @@ HAS_E3NN = importlib.util.find_spec("e3nn") is not None
 # -- HTML --------------------------------------------------------------------
 html_theme = "furo"
 html_title = "matsci"
+
+
+# -- private base classes ----------------------------------------------------
+def _skip_private_bases(app, name, obj, options, bases):
+    """Show a private matsci base class as the public classes it derives from.
+
+    A base like ``matsci.data._device_transfer.SkipsTransferWhenThere`` is an
+    implementation detail with no page of its own; readers want the public
+    class behind it (``LightningDataModule``).
+    """
+    shown = []
+    for base in bases:
+        while _is_private_matsci(base):
+            base = base.__bases__[0]
+        shown.append(base)
+    bases[:] = shown
+
+
+def _is_private_matsci(cls):
+    """Whether ``cls`` is a matsci class that its package does not export."""
+    module = getattr(cls, "__module__", "")
+    if not module.startswith("matsci.") or "._" not in module:
+        return False
+    package = sys.modules.get(module.split("._")[0])
+    return cls.__name__ not in getattr(package, "__all__", ())
+
+
+def setup(app):
+    """Register the hooks above."""
+    app.connect("autodoc-process-bases", _skip_private_bases)

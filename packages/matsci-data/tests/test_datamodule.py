@@ -215,3 +215,17 @@ def test_in_memory_loaders_give_the_batches_of_reading_loaders(db_path: Path) ->
     for one, other in zip(read, held, strict=True):
         for key in (STRUCTURE_ID, K.POS, K.EDGE_INDEX, K.CELL_OFFSETS, "target"):
             torch.testing.assert_close(one[key], other[key], rtol=0, atol=0)
+
+
+def test_batches_already_on_the_device_are_not_moved(db_path: Path) -> None:
+    module = AtomsDataModule(db_path, keys=["target"], transform=PeriodicRadiusGraph(cutoff=3.0))
+    module.setup("fit")
+    batch = next(iter(module.train_dataloader()))
+    assert module.transfer_batch_to_device(batch, torch.device("cpu"), 0) is batch
+    by_dataset = {"a": batch, "b": batch}
+    assert module.transfer_batch_to_device(by_dataset, torch.device("cpu"), 0) is by_dataset
+    # Elsewhere, Lightning's transfer moves every tensor.
+    moved = module.transfer_batch_to_device(batch, torch.device("meta"), 0)
+    assert moved.pos.device.type == "meta"
+    assert moved.edge_index.device.type == "meta"
+    assert module.transfer_batch_to_device(None, torch.device("cpu"), 0) is None

@@ -9,13 +9,13 @@ from pathlib import Path
 from typing import Any, Final
 
 import numpy as np
-from lightning.pytorch import LightningDataModule
 from torch.utils.data import Dataset, Subset
 from torch_geometric.data import Data
 from torch_geometric.loader import DataLoader
 from typing_extensions import override
 
 from matsci.data._datasets import AseDbDataset, ExtxyzDataset, Transform
+from matsci.data._device_transfer import SkipsTransferWhenThere
 from matsci.data._distributed_sampler import UnpaddedDistributedSampler
 from matsci.data._resumable_loader import ResumableDataLoader
 from matsci.transforms import PeriodicRadiusGraph
@@ -51,7 +51,7 @@ def _radius_graph_settings(transform: object) -> dict[str, float | int | None] |
     return settings
 
 
-class AtomsDataModule(LightningDataModule):
+class AtomsDataModule(SkipsTransferWhenThere):
     """Train, val and test loaders over one ASE database or extxyz file.
 
     The split is either random by fractions (a permutation drawn from ``seed``, so the same

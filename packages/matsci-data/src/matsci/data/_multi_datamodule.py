@@ -9,6 +9,8 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities.combined_loader import CombinedLoader
 from typing_extensions import override
 
+from matsci.data._device_transfer import SkipsTransferWhenThere
+
 __all__ = ["MultiDataModule"]
 
 TrainMode = Literal["max_size_cycle", "min_size", "max_size"]
@@ -16,7 +18,7 @@ CombinedMode = Literal["max_size_cycle", "min_size", "max_size", "sequential"]
 _TRAIN_MODES: Final = ("max_size_cycle", "min_size", "max_size")
 
 
-class MultiDataModule(LightningDataModule):
+class MultiDataModule(SkipsTransferWhenThere):
     """One data module per named dataset; batches come as ``{dataset_name: batch}``.
 
     Training iterates the datasets together with Lightning's
