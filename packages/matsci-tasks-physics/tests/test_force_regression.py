@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from torch_geometric.data import Batch, Data
 from torch_geometric.loader import DataLoader
 
-from matsci.tasks.core import Embeddings
+from matsci.tasks.core import Embeddings, gradients_enabled, prepare_encoder_input
 from matsci.tasks.physics import ForceRegressionTask
 from matsci.transforms import PeriodicRadiusGraph, edge_vectors
 
@@ -217,6 +217,25 @@ def test_predict_step_saves_less_for_autograd_than_a_training_step() -> None:
     task.eval()
     predicting = _saved_bytes(lambda: task.predict(batch))
     assert predicting < 0.6 * training, (predicting, training)
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_evaluation_frees_the_graph_unless_other_tasks_share_the_pass(shared: bool) -> None:
+    task = _task()
+    batch = Batch.from_data_list(_dataset(2))
+    with gradients_enabled():
+        encoder_input = prepare_encoder_input(
+            batch, task.input_request(), keep_graph=False, shared=shared
+        )
+        embeddings = task.encoder(encoder_input.batch)
+        first = task.derivatives(embeddings, encoder_input)
+        if not shared:  # freed as the backward pass went: lower peak memory
+            with pytest.raises(RuntimeError, match="second time"):
+                task.derivatives(embeddings, encoder_input)
+            return
+        second = task.derivatives(embeddings, encoder_input)  # the next task of the pass
+    for one, other in zip(first, second, strict=True):
+        torch.testing.assert_close(one, other)
 
 
 def test_fit_normalizers_recovers_reference_energies_and_force_rms() -> None:

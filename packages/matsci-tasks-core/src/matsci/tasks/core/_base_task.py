@@ -346,7 +346,9 @@ class BaseTaskModule(LeanLightningModule):
         # Derivatives keep their graph only when a loss on them will be backpropagated.
         keep_graph = self.training and torch.is_grad_enabled()
         with gradients_enabled(request.needs_gradients):
-            encoder_input = prepare_encoder_input(batch, request, keep_graph=keep_graph)
+            encoder_input = prepare_encoder_input(
+                batch, request, keep_graph=keep_graph, shared=False
+            )
             return self.outputs_from_embeddings(self.encoder(encoder_input.batch), encoder_input)
 
     def system_embedding(self, embeddings: Embeddings, batch: Batch) -> Tensor:

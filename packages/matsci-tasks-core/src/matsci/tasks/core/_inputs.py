@@ -99,12 +99,17 @@ class EncoderInput:
         The leaf strain ``[B, 3, 3]`` (zero) that requires grad, or ``None``.
     keep_graph
         Whether derivatives must keep their graph (training a loss on them).
+    shared
+        Whether more than one task reads this encoder pass, so that a task taking derivatives
+        must leave the graph for the next one. With ``False`` (one task) evaluation frees the
+        encoder's graph during the backward pass, lowering peak memory.
     """
 
     batch: Batch
     positions: Tensor | None = None
     strain: Tensor | None = None
     keep_graph: bool = False
+    shared: bool = True
 
 
 @contextlib.contextmanager
@@ -168,7 +173,9 @@ def structure_index(batch: Batch) -> Tensor:
     return index  # type: ignore[no-any-return]
 
 
-def prepare_encoder_input(batch: Batch, request: InputRequest, *, keep_graph: bool) -> EncoderInput:
+def prepare_encoder_input(
+    batch: Batch, request: InputRequest, *, keep_graph: bool, shared: bool = True
+) -> EncoderInput:
     """Build the encoder's input for ``request``; call inside ``gradients_enabled(...)``.
 
     Parameters
@@ -179,6 +186,8 @@ def prepare_encoder_input(batch: Batch, request: InputRequest, *, keep_graph: bo
         What the tasks sharing this encoder pass need.
     keep_graph
         Recorded in the result: derivatives keep their graph (training).
+    shared
+        Recorded in the result: more than one task reads this encoder pass.
 
     Returns
     -------
@@ -193,7 +202,8 @@ def prepare_encoder_input(batch: Batch, request: InputRequest, *, keep_graph: bo
     if request.view == "noisy" and getattr(batch, keys.NOISY_POS, None) is None:
         raise ValueError(_NO_NOISY_POSITIONS)
     if not request.needs_gradients and request.view == "clean":
-        return EncoderInput(batch, keep_graph=keep_graph)  # no copy: the common, cheapest case
+        # No copy: the common, cheapest case.
+        return EncoderInput(batch, keep_graph=keep_graph, shared=shared)
     work = autograd_ready_copy(batch) if request.needs_gradients else copy.copy(batch)
     pos: Tensor = work[keys.NOISY_POS] if request.view == "noisy" else work[keys.POS]
     positions = pos.detach().requires_grad_(True) if request.position_gradients else None
@@ -208,4 +218,6 @@ def prepare_encoder_input(batch: Batch, request: InputRequest, *, keep_graph: bo
         pos = pos + torch.bmm(pos.unsqueeze(1), symmetric[index]).squeeze(1)
         work[keys.CELL] = cell + torch.bmm(cell, symmetric)
     work[keys.POS] = pos
-    return EncoderInput(work, positions=positions, strain=strain, keep_graph=keep_graph)
+    return EncoderInput(
+        work, positions=positions, strain=strain, keep_graph=keep_graph, shared=shared
+    )

@@ -319,7 +319,9 @@ class MultiTaskLitModule(LeanLightningModule):
                 continue
             for request, task_ids in groups:
                 with gradients_enabled(request.needs_gradients):
-                    encoder_input = prepare_encoder_input(batch, request, keep_graph=keep_graph)
+                    encoder_input = prepare_encoder_input(
+                        batch, request, keep_graph=keep_graph, shared=len(task_ids) > 1
+                    )
                     embeddings = self.encoder(encoder_input.batch)
                     for task_id in task_ids:
                         task = self.task(task_id)

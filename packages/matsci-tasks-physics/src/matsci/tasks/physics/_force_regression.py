@@ -281,7 +281,7 @@ class ForceRegressionTask(BaseTaskModule):
         keep_graph = self.training if keep_graph is None else keep_graph
         with gradients_enabled():
             encoder_input = prepare_encoder_input(
-                batch, self.input_request(), keep_graph=keep_graph
+                batch, self.input_request(), keep_graph=keep_graph, shared=False
             )
             return self.derivatives(self.encoder(encoder_input.batch), encoder_input)
 
@@ -317,9 +317,13 @@ class ForceRegressionTask(BaseTaskModule):
             )
         energy = self.total_energy(embeddings, batch, structure_index(batch))
         keep_graph = encoder_input.keep_graph
-        # retain_graph: other tasks sharing this encoder pass may still differentiate it.
+        # Keep the graph for a loss on the derivatives, or for other tasks of this encoder
+        # pass; otherwise the backward pass frees it as it goes (lower peak memory).
         gradients = torch.autograd.grad(
-            energy.sum(), wanted, create_graph=keep_graph, retain_graph=True
+            energy.sum(),
+            wanted,
+            create_graph=keep_graph,
+            retain_graph=keep_graph or encoder_input.shared,
         )
         force = -gradients[0]
         stress = None
