@@ -82,19 +82,14 @@ def _calculator_results(atoms: Atoms) -> dict[str, Any]:
     calc = atoms.calc
     if calc is None:
         return {}
-    check_state = getattr(calc, "check_state", None)
-    if check_state is None:  # a calculator-like object without ASE's Calculator interface
-        results: dict[str, Any] = {}
-        for name in getattr(calc, "results", {}):
-            value = calc.get_property(name, atoms, allow_calculation=False)
-            if value is not None:
-                results[name] = value
-        return results
     # One comparison of the atoms with the calculator's copy: `get_property` would repeat it
-    # for every property (a third of the time to read a structure from a database).
-    if check_state(atoms):
+    # for every property (a third of the time to read a structure from a database). An object
+    # without ASE's `check_state` is taken at its word.
+    check_state = getattr(calc, "check_state", None)
+    if check_state is not None and check_state(atoms):
         return {}  # results of another state: stale, as `get_property` would find them
-    return {name: value for name, value in calc.results.items() if value is not None}
+    results = getattr(calc, "results", {})
+    return {name: value for name, value in results.items() if value is not None}
 
 
 def _targets(atoms: Atoms, where: str) -> tuple[dict[str, Tensor], dict[str, Tensor]]:

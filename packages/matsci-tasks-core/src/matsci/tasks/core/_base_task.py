@@ -535,17 +535,14 @@ class BaseTaskModule(LeanLightningModule):
         # update and look for missing targets (a host sync) serve a group of steps instead of
         # each step; the results are the same.
         if stage != "train":
-            predictions = self._metric_predictions(outputs)
-            self._feed_metrics(self._stage_collections(stage), predictions, targets)
+            self._feed_metrics(self._stage_collections(stage), outputs, targets)
         elif self._pending_train_metrics.add(outputs, targets):
             self._flush_train_metrics()
 
     def _flush_train_metrics(self) -> None:
         pending = self._pending_train_metrics.pop()
         if pending is not None:
-            outputs, targets = pending
-            predictions = self._metric_predictions(outputs)
-            self._feed_metrics(self._stage_collections("train"), predictions, targets)
+            self._feed_metrics(self._stage_collections("train"), *pending)
 
     def update_metrics(
         self, collections: Mapping[str, Any], outputs: Mapping[str, Tensor], batch: Batch
@@ -561,20 +558,18 @@ class BaseTaskModule(LeanLightningModule):
         batch
             The batch holding the targets.
         """
-        self._feed_metrics(collections, self._metric_predictions(outputs), self.get_targets(batch))
-
-    def _metric_predictions(self, outputs: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        return {key: self.metric_inputs(key, outputs[key].detach()) for key in self.task_keys}
+        self._feed_metrics(collections, outputs, self.get_targets(batch))
 
     def _feed_metrics(
         self,
         collections: Mapping[str, Any],
-        predictions: Mapping[str, Tensor],
+        outputs: Mapping[str, Tensor],
         targets: Mapping[str, Tensor],
     ) -> None:
+        """Feed ``metric_inputs`` of the raw outputs, rows with a missing target left out."""
         missing = _any_missing(targets)
         for key, target in targets.items():
-            prediction = predictions[key]
+            prediction = self.metric_inputs(key, outputs[key].detach())
             collection: MetricCollection = collections[key]
             if not missing.get(key, False):
                 self.update_metric(collection, prediction, target)

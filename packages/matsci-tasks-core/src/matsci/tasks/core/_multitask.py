@@ -394,10 +394,8 @@ class MultiTaskLitModule(LeanLightningModule):
     def _flush_train_metrics(self, task_id: str) -> None:
         pending = self._pending_train_metrics[task_id].pop()
         if pending is not None:
-            task = self.task(task_id)
-            outputs, targets = pending
-            predictions = task._metric_predictions(outputs)
-            task._feed_metrics(self._metric_collections("train", task_id), predictions, targets)
+            collections = self._metric_collections("train", task_id)
+            self.task(task_id)._feed_metrics(collections, *pending)
 
     @override
     def on_validation_epoch_end(self) -> None:
@@ -472,8 +470,8 @@ class MultiTaskLitModule(LeanLightningModule):
             # Metrics are computed, logged and reset once per epoch (on_*_epoch_end); training
             # steps are fed in groups (see BaseTaskModule._update_metrics).
             if not training:
-                predictions = task._metric_predictions(task_outputs)
-                task._feed_metrics(self._metric_collections(stage, task_id), predictions, targets)
+                collections = self._metric_collections(stage, task_id)
+                task._feed_metrics(collections, task_outputs, targets)
             elif self._pending_train_metrics[task_id].add(task_outputs, targets):
                 self._flush_train_metrics(task_id)
         if training:
