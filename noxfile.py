@@ -23,6 +23,7 @@ EXTRAS = {"matsci-heads": ["e3nn"]}
 IMPORT_PATHS = {
     "matsci-ase": "matsci.ase",
     "matsci-cli": "matsci.cli",
+    "matsci-contract": "matsci.contract",
     "matsci-data": "matsci.data",
     "matsci-encoders": "matsci.encoders",
     "matsci-heads": "matsci.heads",

@@ -8,8 +8,8 @@ from ase import Atoms
 from ase.build import bulk
 from torch_geometric.data import Batch
 
+from matsci.contract import Embeddings
 from matsci.encoders import SchNetEncoder
-from matsci.tasks.core import Embeddings
 from matsci.tasks.physics import ForceRegressionTask
 from matsci.transforms import edge_vectors
 

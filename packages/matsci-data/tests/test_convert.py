@@ -12,9 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch_geometric.data import Batch
 
+from matsci.contract import keys as K
+from matsci.contract.keys import STRUCTURE_ID
 from matsci.data._convert import atoms_to_data, data_to_atoms
-from matsci.transforms import keys as K
-from matsci.transforms.keys import STRUCTURE_ID
 
 
 @contextmanager

@@ -9,12 +9,12 @@ from ase.build import bulk
 from torch_geometric.data import Data
 from torch_geometric.transforms import Compose
 
+from matsci.contract import keys as K
+from matsci.contract.keys import STRUCTURE_ID
 from matsci.data._datamodule import AtomsDataModule
 from matsci.data._datasets import AseDbDataset
 from matsci.data.examples import bundled_dataset_path
 from matsci.transforms import NoisyPositions, PeriodicRadiusGraph
-from matsci.transforms import keys as K
-from matsci.transforms.keys import STRUCTURE_ID
 
 SPLITS = ("train", "val", "test")
 

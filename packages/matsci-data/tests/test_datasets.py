@@ -15,9 +15,9 @@ from ase.build import bulk
 from torch_geometric.data import Data
 from torch_geometric.loader import DataLoader
 
+from matsci.contract import keys as K
+from matsci.contract.keys import STRUCTURE_ID
 from matsci.data._datasets import AseDbDataset, ExtxyzDataset
-from matsci.transforms import keys as K
-from matsci.transforms.keys import STRUCTURE_ID
 
 Dataset = AseDbDataset | ExtxyzDataset
 

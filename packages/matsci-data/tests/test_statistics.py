@@ -9,14 +9,10 @@ from ase.neighborlist import neighbor_list
 from torch_geometric.data import Data
 from torch_geometric.loader import DataLoader
 
+from matsci.contract import NUM_ELEMENTS, DatasetStatistics
+from matsci.contract import keys as K
 from matsci.data._convert import atoms_to_data
-from matsci.data._statistics import (
-    NUM_ELEMENTS,
-    DatasetStatistics,
-    compute_statistics,
-    fit_reference_energies,
-)
-from matsci.transforms import keys as K
+from matsci.data._statistics import compute_statistics, fit_reference_energies
 
 REFERENCE = {1: -1.25, 8: -4.5, 29: -3.75, 79: -3.0625}
 

@@ -38,7 +38,7 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.data import Batch, Data
 
-from matsci.tasks.core import Embeddings
+from matsci.contract import Embeddings
 from matsci.tasks.physics import ForceRegressionTask
 from matsci.transforms import PeriodicRadiusGraph
 

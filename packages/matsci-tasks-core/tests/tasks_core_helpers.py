@@ -12,7 +12,7 @@ from torch_geometric.data import Batch, Data
 from torch_geometric.loader import DataLoader
 from torch_geometric.utils import scatter
 
-from matsci.tasks.core import Embeddings
+from matsci.contract import Embeddings
 
 
 class TinyEncoder(nn.Module):

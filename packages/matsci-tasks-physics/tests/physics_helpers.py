@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.data import Batch, Data
 
-from matsci.tasks.core import Embeddings
+from matsci.contract import Embeddings
 from matsci.transforms import PeriodicRadiusGraph, edge_vectors
 
 CUTOFF = 3.5

@@ -5,7 +5,7 @@ from torch import Tensor, nn
 from torch_geometric.data import Batch
 from torch_geometric.loader import DataLoader
 
-from matsci.tasks.core import Embeddings
+from matsci.contract import Embeddings
 from matsci.tasks.physics import NodeDenoisingTask
 from matsci.transforms import NoisyPositions
 

@@ -4,7 +4,8 @@ import pytest
 import torch
 from torch_geometric.data import Batch, Data
 
-from matsci.transforms import PeriodicRadiusGraph, edge_vectors, keys
+from matsci.contract import keys
+from matsci.transforms import PeriodicRadiusGraph, edge_vectors
 
 
 def _graph(data: Data, cutoff: float) -> Data:

@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch_geometric.data import Batch, Data
 
-from matsci.transforms import PeriodicRadiusGraph, keys
+from matsci.contract import keys
+from matsci.transforms import PeriodicRadiusGraph
 
 Triple = tuple[int, int, tuple[int, int, int]]
 

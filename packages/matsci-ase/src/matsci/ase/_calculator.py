@@ -17,8 +17,9 @@ from ase.stress import full_3x3_to_voigt_6_stress
 from torch_geometric.data import Batch, Data
 
 from matsci.ase._checkpoint import load_force_task, radius_graph_settings, read_checkpoint
+from matsci.contract import keys
 from matsci.tasks.physics import ForceRegressionTask
-from matsci.transforms import PeriodicRadiusGraph, keys
+from matsci.transforms import PeriodicRadiusGraph
 
 __all__ = ["MatsciCalculator"]
 

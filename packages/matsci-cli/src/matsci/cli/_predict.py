@@ -24,9 +24,8 @@ from torch_geometric.transforms import BaseTransform, Compose
 
 from matsci.cli._errors import ConfigError, ShortErrorParser
 from matsci.cli._run_info import CHECKPOINT_KEY
+from matsci.contract import import_class, keys
 from matsci.data import AseDbDataset, ExtxyzDataset
-from matsci.tasks.core import import_class
-from matsci.transforms import keys
 
 _DB_SUFFIXES: Final = (".db",)
 _XYZ_SUFFIXES: Final = (".xyz", ".extxyz")

@@ -1,7 +1,7 @@
 # mypy: untyped-calls-exclude=ase
 """Conversion between ASE :class:`~ase.Atoms` and PyG :class:`~torch_geometric.data.Data`.
 
-One structure becomes one ``Data`` that follows the data contract (``matsci.transforms.keys``):
+One structure becomes one ``Data`` that follows the data contract (``matsci.contract.keys``):
 ``pos`` [N, 3], ``atomic_numbers`` [N], ``cell`` [1, 3, 3], ``pbc`` [1, 3], ``natoms`` [1] and
 one attribute per target: graph-level targets have shape ``[1]`` or ``[1, *shape]``, node-level
 targets ``[N, k]``.
@@ -21,7 +21,7 @@ from numpy.typing import NDArray
 from torch import Tensor
 from torch_geometric.data import Batch, Data
 
-from matsci.transforms import keys as K
+from matsci.contract import keys as K
 
 __all__ = ["atoms_to_data", "data_to_atoms"]
 
@@ -180,7 +180,7 @@ def atoms_to_data(
     ------
     ValueError
         If the structure has no atoms, atomic numbers outside 1 to 118, positions that are not
-        finite or beyond :data:`~matsci.transforms.keys.MAX_ABS_POSITION` (1e5 Å), a cell that
+        finite or beyond :data:`~matsci.contract.keys.MAX_ABS_POSITION` (1e5 Å), a cell that
         is not finite, forces that do not match the number of atoms, a stress of the wrong
         shape, an energy that is not one number, or a requested key is missing or not numeric.
         NaN targets are kept: tasks treat them as missing.

@@ -27,8 +27,8 @@ from torch.utils.data import Dataset
 from torch_geometric.data import Data
 from torch_geometric.transforms import BaseTransform
 
+from matsci.contract import keys as K
 from matsci.data._convert import atoms_to_data
-from matsci.transforms import keys as K
 
 __all__ = ["AseDbDataset", "ExtxyzDataset"]
 

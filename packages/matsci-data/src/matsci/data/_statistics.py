@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from typing import Final
 
 import numpy as np
@@ -20,58 +19,13 @@ from ase.neighborlist import primitive_neighbor_list
 from torch import Tensor
 from torch_geometric.data import Data
 
-from matsci.transforms import keys as K
+from matsci.contract import NUM_ELEMENTS, DatasetStatistics
+from matsci.contract import keys as K
 
 __all__ = ["DatasetStatistics", "compute_statistics", "fit_reference_energies"]
 
-NUM_ELEMENTS: Final = 119
-"""Length of Z-indexed tables: index 0 is unused, 1..118 are the elements."""
 _PTR: Final = "ptr"  # PyG's per-batch offsets
 _NOT_TARGETS: Final = K.STRUCTURE_KEYS | {_PTR}
-
-
-@dataclass(frozen=True)
-class DatasetStatistics:
-    r"""What :func:`compute_statistics` found; tensors are float64 on the CPU.
-
-    Attributes
-    ----------
-    num_structures, num_atoms : int
-        Structures and atoms seen.
-    mean, std : dict of str to Tensor
-        Per key, the mean and (population) standard deviation of each column: [k] for a
-        target of shape [N, k] or [1, k], [9] for ``stress`` [1, 3, 3], [1] for ``energy``.
-    force_rms : float or None
-        Root mean square of all force components, when ``force`` was among the keys.
-    avg_num_neighbors : float or None
-        Edges per atom, from ``edge_index`` or else from ``cutoff``; ``None`` with neither.
-    reference_energies : Tensor or None
-        [119] per-element energies in eV indexed by Z (0 where an element has no data), when
-        ``energy`` was among the keys.
-    reference_residual_rms : float or None
-        RMS over structures of :math:`(E - \sum_Z n_Z e_Z) / N`, eV/atom.
-    elements : list of int
-        Atomic numbers present.
-    missing_elements : list of int
-        Requested atomic numbers with no data.
-
-    Examples
-    --------
-    >>> stats = DatasetStatistics(num_structures=0, num_atoms=0)
-    >>> stats.force_rms is None
-    True
-    """
-
-    num_structures: int
-    num_atoms: int
-    mean: dict[str, Tensor] = field(default_factory=dict)
-    std: dict[str, Tensor] = field(default_factory=dict)
-    force_rms: float | None = None
-    avg_num_neighbors: float | None = None
-    reference_energies: Tensor | None = None
-    reference_residual_rms: float | None = None
-    elements: list[int] = field(default_factory=list)
-    missing_elements: list[int] = field(default_factory=list)
 
 
 class _Moments:

@@ -12,9 +12,9 @@ from torch import Tensor, nn
 from torch_geometric.data import Batch
 from torch_geometric.utils import scatter
 
+from matsci.contract import Embeddings, keys
 from matsci.encoders._radial import RadialBasis
-from matsci.tasks.core import Embeddings
-from matsci.transforms import edge_vectors, keys
+from matsci.transforms import edge_vectors
 
 Readout = Literal["sum", "mean"]
 _READOUTS: tuple[Readout, ...] = ("sum", "mean")

@@ -11,8 +11,8 @@ from torch_geometric.data import Batch
 from torch_geometric.nn.models.schnet import GaussianSmearing, InteractionBlock, ShiftedSoftplus
 from torch_geometric.utils import scatter
 
-from matsci.tasks.core import Embeddings
-from matsci.transforms import edge_vectors, keys
+from matsci.contract import Embeddings, keys
+from matsci.transforms import edge_vectors
 
 __all__ = ["SchNetEncoder"]
 

@@ -2,7 +2,7 @@
 
 from importlib.metadata import version as _version
 
-from matsci.transforms import keys
+from matsci.contract import keys
 from matsci.transforms._edges import edge_vectors
 from matsci.transforms._noisy_positions import NoisyPositions
 from matsci.transforms._radius_graph import PeriodicRadiusGraph

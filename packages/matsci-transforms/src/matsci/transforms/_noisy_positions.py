@@ -8,7 +8,7 @@ import torch
 from torch_geometric.data import Data
 from torch_geometric.transforms import BaseTransform
 
-from matsci.transforms import keys
+from matsci.contract import keys
 
 __all__ = ["NoisyPositions"]
 

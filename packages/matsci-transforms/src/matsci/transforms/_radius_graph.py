@@ -10,7 +10,7 @@ from torch import Tensor
 from torch_geometric.data import Batch, Data
 from torch_geometric.transforms import BaseTransform
 
-from matsci.transforms import keys
+from matsci.contract import keys
 
 __all__ = ["PeriodicRadiusGraph"]
 
@@ -168,7 +168,7 @@ class PeriodicRadiusGraph(BaseTransform):  # type: ignore[misc]  # PyG ships no 
         If ``cutoff`` is not positive and finite or ``max_neighbors`` is not a positive int;
         when called, if ``pos``, ``cell`` or ``pbc`` have wrong shapes, a direction is periodic
         without a cell, the cell is singular along a periodic direction, a coordinate exceeds
-        :data:`~matsci.transforms.keys.MAX_ABS_POSITION` (1e5 Å), two atoms (or an atom and an
+        :data:`~matsci.contract.keys.MAX_ABS_POSITION` (1e5 Å), two atoms (or an atom and an
         image) are closer than 1e-3 Å, or a periodic cell is so large and elongated that vesin's
         cell list cannot grid it. Molecules spread far along one direction, which vesin's own
         bounding box cannot grid either, are searched in a cubic box instead.

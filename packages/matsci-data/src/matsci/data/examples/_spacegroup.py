@@ -31,7 +31,7 @@ DEFAULT_SPACEGROUP_ELEMENTS: Final[tuple[str, ...]] = (
 SPACEGROUP_KEY: Final = "spacegroup"
 """Key of the label in each row's key-value pairs, the batch key ``keys.SPACEGROUP``.
 
-Spelled out here rather than imported from :mod:`matsci.transforms.keys`, so that generating
+Spelled out here rather than imported from :mod:`matsci.contract.keys`, so that generating
 data does not import torch.
 """
 

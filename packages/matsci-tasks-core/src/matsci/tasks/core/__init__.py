@@ -1,4 +1,4 @@
-"""The task layer of matsci: data contract, BaseTaskModule and property tasks on Lightning.
+"""The task layer of matsci: BaseTaskModule, multi-task training and property tasks on Lightning.
 
 An encoder turns a batch into :class:`Embeddings`; a task puts heads on them, computes losses
 against targets, logs metrics and trains with PyTorch Lightning.
@@ -6,20 +6,20 @@ against targets, logs metrics and trains with PyTorch Lightning.
 
 from importlib.metadata import version as _version
 
+# The data contract lives in matsci.contract; these names are re-exported for convenience.
+from matsci.contract import (
+    STRUCTURE_SPECS,
+    AttributeSpec,
+    Embeddings,
+    Encoder,
+    keys,
+    validate_batch,
+)
 from matsci.tasks.core._base_task import DEFAULT_OUTPUT_KWARGS, BaseTaskModule
 from matsci.tasks.core._binary_classification import BinaryClassificationTask
 from matsci.tasks.core._checkpoint_io import AtomicCheckpointIO, read_checkpoint
-from matsci.tasks.core._config import (
-    ClassConfig,
-    build_from_config,
-    class_path,
-    import_class,
-    module_config,
-    to_plain,
-)
 from matsci.tasks.core._crystal_symmetry import NUM_SPACEGROUPS, CrystalSymmetryClassificationTask
 from matsci.tasks.core._ema import ExponentialMovingAverage
-from matsci.tasks.core._embeddings import Embeddings, Encoder
 from matsci.tasks.core._inputs import (
     EncoderInput,
     InputRequest,
@@ -42,13 +42,11 @@ from matsci.tasks.core._optim import (
 )
 from matsci.tasks.core._random_state import RandomStateCheckpoint
 from matsci.tasks.core._scalar_regression import ScalarRegressionTask
-from matsci.tasks.core._schema import STRUCTURE_SPECS, AttributeSpec, validate_batch
 from matsci.tasks.core._throughput import (
     AtomThroughputMonitor,
     Throughput,
     count_atoms_and_structures,
 )
-from matsci.transforms import keys
 
 __version__ = _version("matsci-tasks-core")
 
@@ -61,7 +59,6 @@ __all__ = [
     "AttributeSpec",
     "BaseTaskModule",
     "BinaryClassificationTask",
-    "ClassConfig",
     "CrystalSymmetryClassificationTask",
     "Embeddings",
     "Encoder",
@@ -79,20 +76,15 @@ __all__ = [
     "View",
     "__version__",
     "autograd_ready_copy",
-    "build_from_config",
     "build_optimizer",
     "build_scheduler",
     "check_scheduler_kwargs",
-    "class_path",
     "count_atoms_and_structures",
     "gradients_enabled",
-    "import_class",
     "keys",
-    "module_config",
     "optimizer_path",
     "prepare_encoder_input",
     "read_checkpoint",
     "structure_index",
-    "to_plain",
     "validate_batch",
 ]

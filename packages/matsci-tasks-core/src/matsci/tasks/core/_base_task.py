@@ -13,18 +13,22 @@ from torch_geometric.utils import scatter
 from torchmetrics import MetricCollection
 from typing_extensions import override
 
-from matsci.heads import OutputHead
-from matsci.tasks.core._checkpoint_io import read_checkpoint
-from matsci.tasks.core._config import (
+from matsci.contract import (
+    STRUCTURE_SPECS,
+    AttributeSpec,
     ClassConfig,
+    Embeddings,
     build_from_config,
     class_path,
     import_class,
+    keys,
     module_config,
     to_plain,
+    validate_batch,
 )
+from matsci.heads import OutputHead
+from matsci.tasks.core._checkpoint_io import read_checkpoint
 from matsci.tasks.core._ema import Weights, load_checkpoint_with_weights
-from matsci.tasks.core._embeddings import Embeddings
 from matsci.tasks.core._epoch_means import (
     EpochMeans,
     PendingMetricInputs,
@@ -42,8 +46,6 @@ from matsci.tasks.core._lean_module import LeanLightningModule
 from matsci.tasks.core._masked_loss import MaskedLoss
 from matsci.tasks.core._normalizer import Normalizer
 from matsci.tasks.core._optim import check_scheduler_kwargs, optimization_config, optimizer_path
-from matsci.tasks.core._schema import STRUCTURE_SPECS, AttributeSpec, validate_batch
-from matsci.transforms import keys
 
 Stage = Literal["train", "val", "test"]
 Reduction = Literal["mean", "sum", "max"]

@@ -10,9 +10,9 @@ from torch import Tensor, nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, BinaryF1Score
 
+from matsci.contract import AttributeSpec
 from matsci.heads import OutputHead
 from matsci.tasks.core._base_task import BaseTaskModule
-from matsci.tasks.core._schema import AttributeSpec
 
 
 class BinaryClassificationTask(BaseTaskModule):

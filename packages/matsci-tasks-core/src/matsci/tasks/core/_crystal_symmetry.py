@@ -10,10 +10,9 @@ from torch import Tensor, nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
+from matsci.contract import AttributeSpec, keys
 from matsci.heads import OutputHead
 from matsci.tasks.core._base_task import BaseTaskModule
-from matsci.tasks.core._schema import AttributeSpec
-from matsci.transforms import keys
 
 NUM_SPACEGROUPS = 230
 """Number of crystallographic space groups; labels run from 1 to 230."""

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 from torch_geometric.data import Batch
 
-from matsci.transforms import keys
+from matsci.contract import keys
 
 View = Literal["clean", "noisy"]
 """Which positions the encoder sees: the data's (``"clean"``) or ``noisy_pos`` (``"noisy"``)."""

@@ -12,6 +12,7 @@ from torch_geometric.data import Batch
 from torchmetrics import MeanMetric, MetricCollection
 from typing_extensions import override
 
+from matsci.contract import class_path, import_class, to_plain
 from matsci.tasks.core._base_task import (
     STAGES,
     BaseTaskModule,
@@ -20,7 +21,6 @@ from matsci.tasks.core._base_task import (
     rank_average_weight,
     weighted_sum,
 )
-from matsci.tasks.core._config import class_path, import_class, to_plain
 from matsci.tasks.core._ema import Weights, load_checkpoint_with_weights
 from matsci.tasks.core._epoch_means import (
     EpochMeans,

@@ -15,9 +15,9 @@ from torch import Tensor
 from torch_geometric.data import Batch
 from typing_extensions import override
 
+from matsci.contract import keys
 from matsci.tasks.core._base_task import BaseTaskModule
 from matsci.tasks.core._multitask import MultiTaskLitModule
-from matsci.transforms import keys
 
 __all__ = ["NonFiniteGuard"]
 

@@ -8,7 +8,7 @@ from typing import Any
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
-from matsci.tasks.core._config import build_from_config, class_path, import_class, to_plain
+from matsci.contract import build_from_config, class_path, import_class, to_plain
 
 _SCHEDULER_KEYS = {"class_path", "init_args", "interval", "frequency", "monitor"}
 

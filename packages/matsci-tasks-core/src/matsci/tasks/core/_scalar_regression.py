@@ -8,9 +8,9 @@ from typing import Any
 from torch import nn
 from torchmetrics import MeanAbsoluteError, MeanSquaredError, MetricCollection
 
+from matsci.contract import AttributeSpec
 from matsci.heads import OutputHead
 from matsci.tasks.core._base_task import BaseTaskModule
-from matsci.tasks.core._schema import AttributeSpec
 
 
 class ScalarRegressionTask(BaseTaskModule):

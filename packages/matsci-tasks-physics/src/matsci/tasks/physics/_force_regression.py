@@ -12,6 +12,7 @@ from torch_geometric.utils import scatter
 from torchmetrics import CosineSimilarity, MeanAbsoluteError, MeanSquaredError, MetricCollection
 from typing_extensions import override
 
+from matsci.contract import keys
 from matsci.tasks.core import (
     AttributeSpec,
     BaseTaskModule,
@@ -23,7 +24,6 @@ from matsci.tasks.core import (
     structure_index,
 )
 from matsci.tasks.physics._reference_energies import NUM_ELEMENTS, ReferenceEnergyFit
-from matsci.transforms import keys
 
 FIXED = "fixed"
 """Optional per-atom attribute, [N] bool: atoms held fixed, left out of the force loss."""
@@ -84,7 +84,7 @@ class ForceRegressionTask(BaseTaskModule):
     --------
     >>> import torch
     >>> from torch_geometric.data import Batch, Data
-    >>> from matsci.tasks.core import Embeddings
+    >>> from matsci.contract import Embeddings
     >>> from matsci.tasks.physics import ForceRegressionTask
     >>> from matsci.transforms import edge_vectors
     >>> class PairEncoder(torch.nn.Module):

@@ -10,8 +10,8 @@ from torch_geometric.data import Batch
 from torchmetrics import CosineSimilarity, MeanAbsoluteError, MeanSquaredError, MetricCollection
 from typing_extensions import override
 
+from matsci.contract import keys
 from matsci.tasks.core import AttributeSpec, BaseTaskModule, Embeddings
-from matsci.transforms import keys
 
 
 class GradFreeForceRegression(BaseTaskModule):
@@ -39,7 +39,7 @@ class GradFreeForceRegression(BaseTaskModule):
     --------
     >>> import torch
     >>> from torch_geometric.data import Batch, Data
-    >>> from matsci.tasks.core import Embeddings
+    >>> from matsci.contract import Embeddings
     >>> from matsci.tasks.physics import GradFreeForceRegression
     >>> class PositionEncoder(torch.nn.Module):
     ...     embedding_dim = 3

@@ -10,8 +10,8 @@ from torch_geometric.data import Batch
 from torchmetrics import MeanAbsoluteError, MetricCollection
 from typing_extensions import override
 
+from matsci.contract import keys
 from matsci.tasks.core import AttributeSpec, BaseTaskModule, Embeddings, InputRequest
-from matsci.transforms import keys
 
 _NO_NOISY_POSITIONS = (
     "NodeDenoisingTask: the batch has no 'noisy_pos'; add "
@@ -45,7 +45,7 @@ class NodeDenoisingTask(BaseTaskModule):
     --------
     >>> import torch
     >>> from torch_geometric.data import Batch, Data
-    >>> from matsci.tasks.core import Embeddings
+    >>> from matsci.contract import Embeddings
     >>> from matsci.tasks.physics import NodeDenoisingTask
     >>> from matsci.transforms import NoisyPositions
     >>> class PositionEncoder(torch.nn.Module):

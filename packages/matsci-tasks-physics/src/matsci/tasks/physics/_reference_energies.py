@@ -5,8 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-NUM_ELEMENTS = 119
-"""Size of per-element tables: index Z for Z = 0..118."""
+from matsci.contract import NUM_ELEMENTS
 
 
 class ReferenceEnergyFit:

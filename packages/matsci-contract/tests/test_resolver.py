@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from matsci.tasks.core import build_from_config, class_path, import_class, module_config, to_plain
+from matsci.contract import build_from_config, class_path, import_class, module_config, to_plain
 
 
 def test_class_path_round_trip() -> None:

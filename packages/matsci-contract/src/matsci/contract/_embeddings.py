@@ -26,7 +26,7 @@ class Embeddings:
     Examples
     --------
     >>> import torch
-    >>> from matsci.tasks.core import Embeddings
+    >>> from matsci.contract import Embeddings
     >>> out = Embeddings(system_embedding=torch.zeros(2, 8), point_embedding=torch.zeros(5, 8))
     >>> out.system_embedding.shape
     torch.Size([2, 8])
@@ -47,7 +47,7 @@ class Encoder(Protocol):
     Examples
     --------
     >>> import torch
-    >>> from matsci.tasks.core import Embeddings, Encoder
+    >>> from matsci.contract import Embeddings, Encoder
     >>> class AtomTypeEncoder(torch.nn.Module):
     ...     embedding_dim = 4
     ...     def __init__(self) -> None:

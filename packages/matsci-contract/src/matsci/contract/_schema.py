@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 from torch_geometric.data import Batch, Data
 
-from matsci.transforms import keys
+from matsci.contract import keys
 
 Level = Literal["node", "graph", "edge"]
 """Leading dimension of an attribute: N atoms, B structures or E edges."""
@@ -48,7 +48,7 @@ class AttributeSpec:
     Parameters
     ----------
     name
-        Batch attribute name, one of the constants in :mod:`matsci.transforms.keys` or a target key.
+        Batch attribute name, one of the constants in :mod:`matsci.contract.keys` or a target key.
     level
         ``"node"``, ``"graph"`` or ``"edge"``: which size the leading dimension has.
     trailing
@@ -73,7 +73,7 @@ class AttributeSpec:
 
     Examples
     --------
-    >>> from matsci.tasks.core._schema import AttributeSpec
+    >>> from matsci.contract import AttributeSpec
     >>> AttributeSpec("force", "node", (3,), finite=True).trailing
     (3,)
     >>> AttributeSpec("charge", "atom")
@@ -147,7 +147,7 @@ class AttributeSpec:
 
         Examples
         --------
-        >>> from matsci.tasks.core._schema import AttributeSpec
+        >>> from matsci.contract import AttributeSpec
         >>> spec = AttributeSpec.graph_target("energy")
         >>> spec.level, spec.trailing, spec.squeeze_ok
         ('graph', (1,), True)
@@ -181,7 +181,7 @@ class AttributeSpec:
 
         Examples
         --------
-        >>> from matsci.tasks.core._schema import AttributeSpec
+        >>> from matsci.contract import AttributeSpec
         >>> AttributeSpec.node_target("force", 3).trailing
         (3,)
         """
@@ -233,7 +233,7 @@ def validate_batch(batch: Batch | Data, specs: Iterable[AttributeSpec], *, conte
         If the batch holds no structures, or an attribute is missing (and not optional), is not a
         tensor, has the wrong shape, dtype or non-finite values, if ``natoms`` does not sum to N
         or a structure has no atoms, ``atomic_numbers`` lie outside 1 to 118, a coordinate of
-        ``pos`` exceeds :data:`~matsci.transforms.keys.MAX_ABS_POSITION` (1e5 Å), or
+        ``pos`` exceeds :data:`~matsci.contract.keys.MAX_ABS_POSITION` (1e5 Å), or
         ``edge_index`` points outside ``[0, N)``. The message names the attribute, what was
         found and what was expected, with symbolic and concrete sizes.
 
@@ -241,7 +241,7 @@ def validate_batch(batch: Batch | Data, specs: Iterable[AttributeSpec], *, conte
     --------
     >>> import torch
     >>> from torch_geometric.data import Batch, Data
-    >>> from matsci.tasks.core._schema import STRUCTURE_SPECS, AttributeSpec, validate_batch
+    >>> from matsci.contract import STRUCTURE_SPECS, AttributeSpec, validate_batch
     >>> structures = [
     ...     Data(pos=torch.zeros(n, 3), atomic_numbers=torch.ones(n, dtype=torch.long),
     ...          natoms=torch.tensor([n]), energy=torch.tensor([[1.0, 2.0]]))

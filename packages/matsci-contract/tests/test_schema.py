@@ -7,8 +7,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 from torch_geometric.data import Batch, Data
 
-from matsci.tasks.core._schema import STRUCTURE_SPECS, AttributeSpec, validate_batch
-from matsci.transforms import keys
+from matsci.contract import STRUCTURE_SPECS, AttributeSpec, keys, validate_batch
 
 CONTEXT = "ScalarRegressionTask"
 ENERGY = AttributeSpec.graph_target(keys.ENERGY)

@@ -46,7 +46,7 @@ def class_path(cls: type) -> str:
     Examples
     --------
     >>> import torch
-    >>> from matsci.tasks.core import class_path
+    >>> from matsci.contract import class_path
     >>> class_path(torch.nn.MSELoss)
     'torch.nn.modules.loss.MSELoss'
     """
@@ -85,7 +85,7 @@ def import_class(path: str, base: type[T], *, argument: str, default_module: str
     Examples
     --------
     >>> import torch
-    >>> from matsci.tasks.core import import_class
+    >>> from matsci.contract import import_class
     >>> import_class("AdamW", torch.optim.Optimizer, argument="optimizer",
     ...              default_module="torch.optim")
     <class 'torch.optim.adamw.AdamW'>
@@ -188,7 +188,7 @@ def module_config(
     Examples
     --------
     >>> import torch
-    >>> from matsci.tasks.core import module_config
+    >>> from matsci.contract import module_config
     >>> module_config(torch.nn.HuberLoss(delta=0.5), torch.nn.Module, argument="loss_func",
     ...               default_module="torch.nn")["init_args"]["delta"]
     0.5

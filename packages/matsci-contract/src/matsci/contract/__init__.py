@@ -1,0 +1,43 @@
+"""The data contract of matsci: batch keys, batch checks, encoder output and the class resolver.
+
+Every other matsci package depends on this one and on nothing above it: heads, transforms,
+encoders, datasets and tasks agree here on what a batch holds (:mod:`matsci.contract.keys`,
+:class:`AttributeSpec`, :func:`validate_batch`), what an encoder returns (:class:`Embeddings`,
+:class:`Encoder`), what dataset statistics are (:class:`DatasetStatistics`), and how a dotted
+class name becomes a class (:func:`import_class` and its companions).
+"""
+
+from importlib.metadata import version as _version
+
+from matsci.contract import keys
+from matsci.contract._embeddings import Embeddings, Encoder
+from matsci.contract._resolver import (
+    ClassConfig,
+    build_from_config,
+    class_path,
+    import_class,
+    module_config,
+    to_plain,
+)
+from matsci.contract._schema import STRUCTURE_SPECS, AttributeSpec, validate_batch
+from matsci.contract._statistics import NUM_ELEMENTS, DatasetStatistics
+
+__version__ = _version("matsci-contract")
+
+__all__ = [
+    "NUM_ELEMENTS",
+    "STRUCTURE_SPECS",
+    "AttributeSpec",
+    "ClassConfig",
+    "DatasetStatistics",
+    "Embeddings",
+    "Encoder",
+    "__version__",
+    "build_from_config",
+    "class_path",
+    "import_class",
+    "keys",
+    "module_config",
+    "to_plain",
+    "validate_batch",
+]
