@@ -30,6 +30,7 @@ IMPORT_PATHS = {
     "matsci-transforms": "matsci.transforms",
     "matsci-tasks-core": "matsci.tasks.core",
     "matsci-tasks-physics": "matsci.tasks.physics",
+    "matsci-training": "matsci.training",
 }
 
 

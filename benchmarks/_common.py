@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from torch_geometric.data import Batch, Data
 from torch_geometric.utils import scatter
 
+from matsci.contract import testing
 from matsci.data import AseDbDataset
 from matsci.data.examples import bundled_dataset_path
 from matsci.encoders import SchNetEncoder
@@ -179,22 +180,20 @@ class RadialEncoder(nn.Module):
 
 
 def quiet_trainer(max_steps: int, callbacks: list[pl.Callback], **kwargs: Any) -> pl.Trainer:
-    """A Trainer without logger, checkpoints, progress bar, summary or validation."""
+    """The tests' quiet trainer without validation, for ``max_steps`` steps.
+
+    ``deterministic=None``: timings of torch's default kernels, not of the deterministic ones.
+    """
     options: dict[str, Any] = {
-        "accelerator": "cpu",
-        "devices": 1,
         "max_steps": max_steps,
         "max_epochs": -1,
-        "logger": False,
-        "enable_checkpointing": False,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
+        "deterministic": None,
         "limit_val_batches": 0,
         "num_sanity_val_steps": 0,
         "callbacks": callbacks,
     }
     options.update(kwargs)
-    return pl.Trainer(**options)
+    return testing.quiet_trainer(**options)
 
 
 class StepClock(pl.Callback):

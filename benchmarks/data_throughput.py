@@ -31,8 +31,8 @@ from torch_geometric.loader import DataLoader
 
 from matsci.data import AseDbDataset, AtomsDataModule
 from matsci.data.examples import bundled_dataset_path
-from matsci.tasks.core import AtomThroughputMonitor
 from matsci.tasks.physics import ForceRegressionTask
+from matsci.training import AtomThroughputMonitor
 from matsci.transforms import PeriodicRadiusGraph
 
 KEYS = ["energy", "force", "stress"]

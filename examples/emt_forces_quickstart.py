@@ -11,8 +11,9 @@ from torch_geometric.data import Batch
 
 from matsci.data import AtomsDataModule
 from matsci.data.examples import bundled_dataset_path
-from matsci.tasks.core import AtomThroughputMonitor, Embeddings
+from matsci.tasks.core import Embeddings
 from matsci.tasks.physics import ForceRegressionTask
+from matsci.training import AtomThroughputMonitor
 from matsci.transforms import PeriodicRadiusGraph, edge_vectors
 
 

@@ -122,7 +122,7 @@ def collect(paths: dict[str, str]) -> list[Entry]:
 
     def owner(module_name: str, fallback: str) -> str:
         # A module exported by another package (``matsci.tasks.core.keys`` is
-        # ``matsci.transforms.keys``) belongs to the distribution whose import path it is under.
+        # ``matsci.contract.keys``) belongs to the distribution whose import path it is under.
         matches = [
             (len(path), dist)
             for dist, path in paths.items()

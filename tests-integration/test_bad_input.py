@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from physics_helpers import SmoothEncoder
 from torch_geometric.data import Batch, Data
 
+from matsci.contract.testing import quiet_trainer
 from matsci.data import AseDbDataset, ExtxyzDataset, atoms_to_data
 from matsci.tasks.core import ScalarRegressionTask
 from matsci.tasks.physics import ForceRegressionTask
@@ -377,13 +378,12 @@ def test_databases_are_opened_read_only(data_files: dict[str, bytes], tmp_path: 
 
 @pytest.fixture(scope="module")
 def checkpoint_bytes(tmp_path_factory: pytest.TempPathFactory) -> bytes:
-    from physics_helpers import trainer
     from torch_geometric.loader import DataLoader
 
     folder = tmp_path_factory.mktemp("checkpoint")
     rng = np.random.default_rng(1)
     task = ScalarRegressionTask(encoder=_Encoder(), task_keys=["energy"])
-    run = trainer(max_steps=1)
+    run = quiet_trainer(max_steps=1)
     run.fit(task, DataLoader([_structure(3, rng) for _ in range(4)], batch_size=4))
     run.save_checkpoint(folder / "task.ckpt")
     return (folder / "task.ckpt").read_bytes()

@@ -165,7 +165,7 @@ def _main(out: Path) -> None:
     from lightning.pytorch.strategies import DDPStrategy
     from typing_extensions import override
 
-    from matsci.tasks.core import NonFiniteGuard
+    from matsci.training import NonFiniteGuard
 
     class Record(pl.Callback):
         """Per step: a hash of the weights; per run: metrics, shards and final weights."""

@@ -1,9 +1,10 @@
 """Energy/force/stress training on the bundled EMT data, through the data module."""
 
 import torch
-from physics_helpers import SmoothEncoder, trainer
+from physics_helpers import SmoothEncoder
 from torch_geometric.data import Batch
 
+from matsci.contract.testing import quiet_trainer
 from matsci.data import AtomsDataModule
 from matsci.data.examples import bundled_dataset_path
 from matsci.tasks.physics import ForceRegressionTask
@@ -25,8 +26,8 @@ def test_training_on_emt_beats_the_zero_force_predictor() -> None:
         task_loss_scaling={"energy": 1.0, "force": 10.0, "stress": 1.0},
     )
     task.fit_normalizers(data.train_dataloader())
-    trainer(max_epochs=6).fit(task, datamodule=data)
-    metrics = trainer().test(task, datamodule=data, verbose=False)[0]
+    quiet_trainer(max_epochs=6).fit(task, datamodule=data)
+    metrics = quiet_trainer().test(task, datamodule=data, verbose=False)[0]
     forces = torch.cat([batch.force for batch in data.test_dataloader()])
     zero_predictor_mae = float(forces.abs().mean())
     assert metrics["test/force/mae"] < 0.5 * zero_predictor_mae, (metrics, zero_predictor_mae)

@@ -2,9 +2,10 @@
 
 import pytest
 import torch
-from physics_helpers import SmoothEncoder, trainer
+from physics_helpers import SmoothEncoder
 from torch_geometric.data import Batch
 
+from matsci.contract.testing import quiet_trainer
 from matsci.data import AtomsDataModule, MultiDataModule
 from matsci.data.examples import bundled_dataset_path
 from matsci.tasks.core import MultiTaskLitModule
@@ -43,12 +44,12 @@ def test_energy_forces_direct_forces_and_space_groups_train_below_their_baseline
         lr=3e-3,
     )  # fmt: skip
     module.fit_normalizers({"emt": data.datasets["emt"].train_dataloader()})
-    run = trainer(max_epochs=8)
+    run = quiet_trainer(max_epochs=8)
     run.fit(module, datamodule=data)
     # Validation ran over both datasets, one after the other, each logged under its own name.
     assert "val/emt/GradFreeForceRegression/force/mae" in run.callback_metrics
     assert "val/symmetry/CrystalSymmetryClassificationTask/spacegroup/top1" in run.callback_metrics
-    metrics = trainer().test(module, datamodule=data, verbose=False)
+    metrics = quiet_trainer().test(module, datamodule=data, verbose=False)
     merged = {name: value for per_loader in metrics for name, value in per_loader.items()}
 
     emt = data.datasets["emt"]

@@ -78,9 +78,9 @@ def test_killed_run_resumes_to_the_weights_of_an_uninterrupted_run(
     checkpoint = torch.load(interrupted / "checkpoints" / "last.ckpt", weights_only=True)
     assert checkpoint["global_step"] == KILL_AT_STEP - 1  # mid-epoch: 5 batches per epoch
     assert checkpoint["loops"]["fit_loop"]["epoch_progress"]["current"]["completed"] == 1
-    # The checkpoint keeps raw and averaged weights apart and records which evaluation used.
-    assert checkpoint["ema"]["applied_to"] == "evaluation"
-    assert set(checkpoint["ema"]["state_dict"]) <= set(checkpoint["state_dict"])
+    # Lightning's layout: the averaged weights are the state_dict, the raw ones ride along.
+    assert set(checkpoint["current_model_state"]) == set(checkpoint["state_dict"])
+    assert int(checkpoint["averaging_state"]["n_averaged"]) == KILL_AT_STEP - 1
     _ok(_run(interrupted, kind, "resume"))
 
     expected = torch.load(full / "final.pt", weights_only=True)
@@ -122,7 +122,7 @@ def test_kill_while_saving_keeps_the_previous_last_checkpoint(tmp_path: Path) ->
     import lightning.pytorch as pl
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from matsci.tasks.core import AtomicCheckpointIO
+    from matsci.training import AtomicCheckpointIO
 
     process = _start(tmp_path, "save", "kill-while-saving")
     marker = tmp_path / "half-written"
@@ -158,13 +158,15 @@ def _main(out: Path, kind: str, mode: str, random_state: bool) -> None:
 
     from matsci.data import ResumableDataLoader
     from matsci.tasks.core import (
-        AtomicCheckpointIO,
         BinaryClassificationTask,
-        ExponentialMovingAverage,
         MultiTaskLitModule,
+        ScalarRegressionTask,
+    )
+    from matsci.training import (
+        AtomicCheckpointIO,
+        ExponentialMovingAverage,
         NonFiniteGuard,
         RandomStateCheckpoint,
-        ScalarRegressionTask,
     )
 
     class RecordBatches(pl.Callback):
@@ -246,11 +248,14 @@ def _main(out: Path, kind: str, mode: str, random_state: bool) -> None:
     weights = {}
     if isinstance(module, MultiTaskLitModule):
         weights = {name: module.loss_weight(name) for name in module.task_names}
+    # After fit the module holds the average; a checkpoint still has the raw weights beside it.
+    trainer.save_checkpoint(out / "after_fit.ckpt")
+    after_fit = torch.load(out / "after_fit.ckpt", weights_only=True)
     torch.save(
         {
             "global_step": trainer.global_step,
-            "state_dict": {k: v.detach().clone() for k, v in module.state_dict().items()},
-            "ema": ema.averaged_state_dict(),
+            "state_dict": after_fit["current_model_state"],
+            "ema": after_fit["state_dict"],
             "ema_updates": ema.num_updates,
             "optimizer": optimizer.state_dict(),
             "scheduler": trainer.lr_scheduler_configs[0].scheduler.state_dict(),
@@ -267,7 +272,7 @@ def _kill_while_saving(out: Path) -> None:
     import io
     import time as clock
 
-    from matsci.tasks.core import AtomicCheckpointIO
+    from matsci.training import AtomicCheckpointIO
 
     writer = AtomicCheckpointIO()
     weights = torch.arange(200_000, dtype=torch.float32)

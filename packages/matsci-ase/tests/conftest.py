@@ -1,10 +1,10 @@
 import sys
 from pathlib import Path
 
-import lightning.pytorch as pl
 import pytest
 import torch
 
+from matsci.contract.testing import quiet_trainer
 from matsci.data import AtomsDataModule
 from matsci.data.examples import bundled_dataset_path
 from matsci.tasks.physics import ForceRegressionTask
@@ -45,14 +45,7 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
         task_loss_scaling={"force": 10.0},
     )
     task.fit_normalizers(data.train_dataloader())
-    trainer = pl.Trainer(
-        max_epochs=3,
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = quiet_trainer(max_epochs=3, limit_val_batches=0)
     trainer.fit(task, datamodule=data)
     path = tmp_path_factory.mktemp("model") / "emt.ckpt"
     trainer.save_checkpoint(path)

@@ -1,19 +1,19 @@
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import lightning
-import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
 from calculator_helpers import CUTOFF, SMALL_SCHNET, mixed_structures, rattled_copper
 from torch_geometric.data import Batch
 
-import matsci.tasks.core
 from matsci.ase import MatsciCalculator
+from matsci.contract import class_path
+from matsci.contract.testing import quiet_trainer
 from matsci.data import AtomsDataModule, atoms_to_data
 from matsci.data.examples import bundled_dataset_path
-from matsci.tasks.core import ScalarRegressionTask
+from matsci.tasks.core import CHECKPOINT_RECORD, MultiTaskLitModule, ScalarRegressionTask
 from matsci.tasks.physics import ForceRegressionTask
 from matsci.transforms import PeriodicRadiusGraph
 
@@ -30,13 +30,15 @@ def _rewrite(checkpoint: Path, target: Path, **changes: Any) -> Path:
     return target
 
 
-def _save(task: torch.nn.Module, path: Path) -> Path:
-    """A checkpoint of an untrained task, as Lightning writes one."""
+def _save(task: torch.nn.Module, path: Path, **entries: Any) -> Path:
+    """A checkpoint of an untrained task (or multi-task module), as Lightning writes one."""
     torch.save(
         {
             "state_dict": task.state_dict(),
             "hyper_parameters": dict(task.hparams),  # type: ignore[arg-type]
             "pytorch-lightning_version": lightning.__version__,
+            CHECKPOINT_RECORD: {"model_class": class_path(type(task))},
+            **entries,
         },
         path,
     )
@@ -84,64 +86,38 @@ def test_an_encoder_without_cutoff_needs_one(tmp_path: Path) -> None:
 
 
 def test_loading_errors_say_what_is_wrong(checkpoint: Path, tmp_path: Path) -> None:
-    with pytest.raises(
-        FileNotFoundError, match=r"from_checkpoint\(path='.*absent.ckpt'\): no such"
-    ):
+    with pytest.raises(FileNotFoundError, match=r"checkpoint '.*absent.ckpt' does not exist"):
         MatsciCalculator.from_checkpoint(tmp_path / "absent.ckpt")
     text = tmp_path / "notes.ckpt"
     text.write_text("not a checkpoint")
-    with pytest.raises(ValueError, match=r"notes.ckpt'\): not a Lightning checkpoint"):
+    with pytest.raises(ValueError, match=r"'.*notes.ckpt' is not a readable checkpoint"):
         MatsciCalculator.from_checkpoint(text)
     scalar = ScalarRegressionTask(
         encoder_class="calculator_helpers.PairEncoder", task_keys=["band_gap"]
     )
     path = _save(scalar, tmp_path / "scalar.ckpt")
-    with pytest.raises(ValueError, match=r"does not hold a ForceRegressionTask"):
+    with pytest.raises(ValueError, match=r"the task is a ScalarRegressionTask, not a ForceRegr"):
         MatsciCalculator.from_checkpoint(path)
     with pytest.raises(ValueError, match=r"task='emt/forces'\): task= picks one task of a multi"):
         MatsciCalculator.from_checkpoint(checkpoint, task="emt/forces")
     with pytest.raises(ValueError, match=r"max_neighbors=12\): give cutoff= too"):
         MatsciCalculator.from_checkpoint(checkpoint, max_neighbors=12)
+    old = tmp_path / "old.ckpt"
+    contents = torch.load(checkpoint, weights_only=True)
+    del contents[CHECKPOINT_RECORD]
+    torch.save(contents, old)
+    with pytest.raises(ValueError, match=r"without a 'matsci' record naming its model class"):
+        MatsciCalculator.from_checkpoint(old)
 
 
-class _FakeMultiTask:
-    """Stands in for ``MultiTaskLitModule``: the three members the calculator uses."""
-
-    checkpoint = Path()
-    task_names: ClassVar[list[str]] = ["emt/forces", "emt/band_gap"]
-
-    @classmethod
-    def load_from_checkpoint(cls, path: Path, map_location: str) -> "_FakeMultiTask":
-        assert map_location == "cpu"
-        return cls()
-
-    def extract_task(self, name: str) -> torch.nn.Module:
-        if name == "emt/forces":
-            return ForceRegressionTask.load_from_checkpoint(self.checkpoint)
-        return ScalarRegressionTask(
-            encoder_class="calculator_helpers.PairEncoder", task_keys=["band_gap"]
-        )
-
-
-def test_a_multi_task_checkpoint_needs_the_task_named(
-    checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    hparams = {"task_configs": [{"dataset": "emt", "name": "forces"}]}
+def test_a_multi_task_checkpoint_needs_the_task_named(checkpoint: Path, tmp_path: Path) -> None:
+    forces = ForceRegressionTask.load_from_checkpoint(checkpoint)
+    gap = ScalarRegressionTask(encoder=forces.encoder, task_keys=["band_gap"])
+    module = MultiTaskLitModule(("emt", forces, "forces"), ("emt", gap, "band_gap"))
     # A MultiDataModule keeps each dataset's module's hyperparameters.
     recorded = {"cutoff": 4.5, "max_neighbors": None}
     datasets = {"datasets": {"emt": {"init_args": {"radius_graph": recorded}}}}
-    path = _rewrite(
-        checkpoint,
-        tmp_path / "multi.ckpt",
-        hyper_parameters=hparams,
-        datamodule_hyper_parameters=datasets,
-    )
-    monkeypatch.delattr(matsci.tasks.core, "MultiTaskLitModule", raising=False)
-    with pytest.raises(ValueError, match=r"needs matsci.tasks.core.MultiTaskLitModule"):
-        MatsciCalculator.from_checkpoint(path, task="emt/forces")
-
-    monkeypatch.setattr(_FakeMultiTask, "checkpoint", checkpoint)
-    monkeypatch.setattr(matsci.tasks.core, "MultiTaskLitModule", _FakeMultiTask, raising=False)
+    path = _save(module, tmp_path / "multi.ckpt", datamodule_hyper_parameters=datasets)
     choices = r"\['emt/forces', 'emt/band_gap'\]"
     with pytest.raises(ValueError, match=rf"choose the task with task=, one of {choices}"):
         MatsciCalculator.from_checkpoint(path)
@@ -165,8 +141,6 @@ def test_a_multi_task_checkpoint_needs_the_task_named(
 
 
 def test_a_trained_multi_task_checkpoint(tmp_path: Path) -> None:
-    if not hasattr(matsci.tasks.core, "MultiTaskLitModule"):
-        pytest.skip("matsci.tasks.core has no MultiTaskLitModule")
     from matsci.data import MultiDataModule
 
     torch.manual_seed(0)
@@ -183,20 +157,11 @@ def test_a_trained_multi_task_checkpoint(tmp_path: Path) -> None:
         output_kwargs={"hidden_dim": 8},
     )
     energy = ScalarRegressionTask(encoder=forces.encoder, task_keys=["energy"])
-    module = matsci.tasks.core.MultiTaskLitModule(
-        ("emt", forces, "forces"), ("emt", energy, "energy")
-    )
+    module = MultiTaskLitModule(("emt", forces, "forces"), ("emt", energy, "energy"))
     data = MultiDataModule({"emt": emt})
     data.setup("fit")
     module.fit_normalizers({"emt": emt.train_dataloader()})
-    trainer = pl.Trainer(
-        max_steps=2,
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = quiet_trainer(max_steps=2, limit_val_batches=0)
     trainer.fit(module, datamodule=data)
     path = tmp_path / "multi.ckpt"
     trainer.save_checkpoint(path)

@@ -27,9 +27,10 @@ def test_fit_writes_checkpoints_config_logs_and_plots(fitted: Path) -> None:
 
 def test_checkpoints_name_the_model_class_and_hold_the_config(fitted: Path) -> None:
     checkpoint = torch.load(fitted / "checkpoints" / "best.ckpt", weights_only=True)
-    info = checkpoint[CHECKPOINT_KEY]
-    assert info["model_class"].endswith("ForceRegressionTask")
-    assert json.loads(info["config"])["model"]["init_args"]["compute_stress"] is True
+    assert checkpoint["matsci"]["model_class"].endswith("ForceRegressionTask")  # the module's
+    config = json.loads(checkpoint[CHECKPOINT_KEY]["config"])
+    assert config["model"]["init_args"]["compute_stress"] is True
+    assert config["data"]["init_args"]["dataset"] == "bundled:emt"  # as given
 
 
 def test_fit_fits_the_normalizers(fitted: Path) -> None:
@@ -63,6 +64,40 @@ def test_test_subcommand_reports_a_checkpoint(
     folder = tmp_path / "runs" / "tiny" / "version_0"
     assert (folder / "parity_force.png").is_file()
     assert (folder / "learning_curve.png").is_file()  # from the training run's log
+
+
+def test_test_rebuilds_the_model_from_the_checkpoint_arguments(
+    fitted: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A config whose heads are wider than the checkpoint's: Lightning's CLI takes the model's
+    # arguments from the checkpoint, so the trained weights fit.
+    config = yaml.safe_load((fitted / "config.yaml").read_text())
+    config["model"]["init_args"]["output_kwargs"] = {"hidden_dim": 16}
+    path = tmp_path / "wider.yaml"
+    path.write_text(yaml.safe_dump(config))
+    checkpoint = fitted / "checkpoints" / "best.ckpt"
+    main(["test", "--config", str(path), "--ckpt_path", str(checkpoint),
+          "--runs_dir", str(tmp_path / "runs"), "--plots", "false"])  # fmt: skip
+    assert "test/force/mae" in capsys.readouterr().out
+
+
+def test_default_root_dir_holds_the_runs(
+    write_config: Callable[[dict[str, Any], str], Path],
+    tiny_force_config: Callable[[], dict[str, Any]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(tmp_path)  # nothing may land in the working folder
+    config = tiny_force_config()
+    config["trainer"]["default_root_dir"] = str(tmp_path / "root")
+    path = write_config(config, "rooted.yaml")
+    main(["fit", "--config", str(path), "--test_after_fit", "false", "--plots", "false"])
+    run = tmp_path / "root" / "runs" / "rooted" / "version_0"
+    assert (run / "checkpoints" / "best.ckpt").is_file()
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert (run / "metrics.csv").is_file()
+    assert (run / "config.yaml").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["root", "rooted.yaml"]
 
 
 def test_print_config_is_complete(

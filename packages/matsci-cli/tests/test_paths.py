@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 from jsonargparse import Namespace
 
-from matsci.cli import ConfigError, find_checkpoint, next_version, resolve_bundled
+from matsci.cli import ConfigError, next_version, resolve_bundled
 from matsci.data.examples import bundled_dataset_path
 
 
@@ -30,23 +30,3 @@ def test_next_version_counts_past_the_largest(tmp_path: Path) -> None:
     for name in ("version_0", "version_2", "notes"):
         (tmp_path / "run" / name).mkdir(parents=True)
     assert next_version(tmp_path, "run") == 3
-
-
-def test_find_checkpoint_takes_the_newest_version_with_a_checkpoint(tmp_path: Path) -> None:
-    for version, name in ((0, "best.ckpt"), (1, "last.ckpt"), (2, None)):
-        folder = tmp_path / "run" / f"version_{version}" / "checkpoints"
-        folder.mkdir(parents=True)
-        if name is not None:
-            (folder / name).write_bytes(b"")
-    assert find_checkpoint(tmp_path / "run") == tmp_path / "run/version_1/checkpoints/last.ckpt"
-    file = tmp_path / "run/version_0/checkpoints/best.ckpt"
-    assert find_checkpoint(file) == file
-    assert find_checkpoint(tmp_path / "run/version_0") == file
-
-
-def test_find_checkpoint_errors(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="no such file or folder"):
-        find_checkpoint(tmp_path / "missing")
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(ConfigError, match="has its training run finished"):
-        find_checkpoint(tmp_path / "empty")

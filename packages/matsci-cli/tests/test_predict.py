@@ -1,4 +1,5 @@
 import csv
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -7,6 +8,7 @@ import ase.db
 import ase.io
 import numpy as np
 import pytest
+import torch
 import yaml
 from torch_geometric.transforms import Compose
 
@@ -78,6 +80,18 @@ def test_errors(fitted: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
     with pytest.raises(SystemExit):
         main(["predict", "--ckpt_path", str(tmp_path / "none.ckpt"), "--data", "x.db"])
     assert "no such file" in capsys.readouterr().err
+    notes = tmp_path / "notes.ckpt"
+    notes.write_text("not a checkpoint")
+    with pytest.raises(SystemExit) as info:
+        main(["predict", "--ckpt_path", str(notes), "--data", str(bundled_dataset_path("emt"))])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert re.search(r"^matsci: error: load_model: '.*notes.ckpt' is not a readable", err)
+    assert "Traceback" not in err
+    foreign = tmp_path / "foreign.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {}}, foreign)
+    with pytest.raises(ValueError, match=r"without a 'matsci' record naming its model class"):
+        predict_to_file(foreign, bundled_dataset_path("emt"), tmp_path / "p.csv")
     with pytest.raises(ConfigError, match=r"expected a \.csv or \.db"):
         predict_to_file(checkpoint, bundled_dataset_path("emt"), tmp_path / "p.txt")
     with pytest.raises(ConfigError, match="expected an ASE database"):
@@ -97,7 +111,8 @@ def test_prediction_applies_the_pre_transform_then_the_transform(
     path.write_text(yaml.safe_dump(config))
     main(["fit", "--config", str(path), "--runs_dir", str(tmp_path / "runs")])
     checkpoint = tmp_path / "runs" / "held" / "version_0" / "checkpoints" / "best.ckpt"
-    _, transform = load_for_prediction(checkpoint)
+    loaded, transform = load_for_prediction(checkpoint)
+    assert loaded.model_class.endswith("ForceRegressionTask")
     assert isinstance(transform, Compose)
     graph, noise = transform.transforms
     assert isinstance(graph, PeriodicRadiusGraph)

@@ -1,4 +1,14 @@
+import tomllib
+from pathlib import Path
+
 import matsci.contract as package
+
+
+def test_version_is_the_one_in_pyproject() -> None:
+    with (Path(__file__).parents[1] / "pyproject.toml").open("rb") as handle:
+        project = tomllib.load(handle)["project"]
+    assert project["name"] == "matsci-contract"
+    assert package.__version__ == project["version"]
 
 
 def test_public_names_resolve_to_documented_objects() -> None:

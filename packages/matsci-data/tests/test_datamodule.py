@@ -13,6 +13,7 @@ from matsci.contract import keys as K
 from matsci.contract.keys import STRUCTURE_ID
 from matsci.data._datamodule import AtomsDataModule
 from matsci.data._datasets import AseDbDataset
+from matsci.data._statistics import compute_statistics
 from matsci.data.examples import bundled_dataset_path
 from matsci.transforms import NoisyPositions, PeriodicRadiusGraph
 
@@ -229,3 +230,34 @@ def test_batches_already_on_the_device_are_not_moved(db_path: Path) -> None:
     assert moved.pos.device.type == "meta"
     assert moved.edge_index.device.type == "meta"
     assert module.transfer_batch_to_device(None, torch.device("cpu"), 0) is None
+
+
+def test_statistics_stream_the_train_split() -> None:
+    module = AtomsDataModule(
+        bundled_dataset_path("emt"), keys=[K.ENERGY, K.FORCE], split=[0.2, 0.4, 0.4], batch_size=7
+    )
+    with pytest.raises(RuntimeError, match=r"call setup\(\) before statistics\(\)"):
+        module.statistics()
+    module.setup("fit")
+    stats = module.statistics(cutoff=4.0, elements=[13, 29, 26])
+    assert module.dataset is not None
+    train = [module.dataset[i] for i in module.split_indices["train"]]
+    expected = compute_statistics(train, keys=[K.ENERGY, K.FORCE], cutoff=4.0,
+                                  elements=[13, 29, 26])  # fmt: skip
+    assert stats.num_structures == expected.num_structures == 60
+    assert stats.num_atoms == expected.num_atoms
+    for key in (K.ENERGY, K.FORCE):
+        torch.testing.assert_close(stats.mean[key], expected.mean[key], rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(stats.std[key], expected.std[key], rtol=1e-12, atol=1e-12)
+        assert torch.equal(stats.count[key], expected.count[key])
+    assert stats.reference_energies is not None
+    assert expected.reference_energies is not None
+    torch.testing.assert_close(stats.reference_energies, expected.reference_energies)
+    assert stats.force_rms == pytest.approx(expected.force_rms, rel=1e-12)
+    assert stats.avg_num_neighbors == pytest.approx(expected.avg_num_neighbors, rel=1e-12)
+    assert stats.elements == expected.elements
+    assert stats.missing_elements == expected.missing_elements == [26]
+    only_energy = module.statistics(keys=[K.ENERGY])
+    assert set(only_energy.mean) == {K.ENERGY}
+    assert only_energy.force_rms is None
+    assert only_energy.avg_num_neighbors is None

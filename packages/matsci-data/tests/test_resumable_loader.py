@@ -1,8 +1,12 @@
+from pathlib import Path
+from typing import Any
+
 import pytest
 import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities.data import _update_dataloader
 from torch.utils.data.distributed import DistributedSampler
-from torch_geometric.data import Data
+from torch_geometric.data import Batch, Data
 
 from matsci.data import ResumableDataLoader, SeededRandomSampler
 
@@ -89,3 +93,121 @@ def test_bad_states(state: dict[str, int], message: str) -> None:
     loader = ResumableDataLoader(_structures(5), batch_size=2)
     with pytest.raises(ValueError, match=message):
         loader.load_state_dict(state)
+
+
+class _CountingDataset(torch.utils.data.Dataset[Data]):
+    """Structures numbered 0..count-1 that remember which were read (in this process)."""
+
+    def __init__(self, count: int) -> None:
+        self.items = _structures(count)
+        self.reads: list[int] = []
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> Data:
+        self.reads.append(index)
+        return self.items[index]
+
+
+def test_resume_reads_only_the_remaining_structures() -> None:
+    dataset = _CountingDataset(10)
+    full = _order(ResumableDataLoader(dataset, batch_size=3, shuffle=True, seed=2))
+    dataset.reads.clear()
+    resumed = ResumableDataLoader(dataset, batch_size=3, shuffle=True, seed=2)
+    resumed.load_state_dict({"epoch": 0, "batches": 2})
+    assert _order(resumed) == full[2:]
+    assert sorted(dataset.reads) == sorted(i for batch in full[2:] for i in batch)
+    assert resumed.state_dict() == {"epoch": 1, "batches": 0}
+
+
+def test_resume_with_persistent_workers() -> None:
+    loader = ResumableDataLoader(_structures(9), batch_size=2, shuffle=True, seed=1,
+                                 num_workers=1, persistent_workers=True)  # fmt: skip
+    full = _order(loader)
+    loader.load_state_dict({"epoch": 0, "batches": 3})
+    assert _order(loader) == full[3:]
+    assert _order(loader) == full  # the next pass is whole again, on the persistent workers
+
+
+class _WorkerSeedDataset(torch.utils.data.Dataset[Data]):
+    """Structures that carry the seed of the worker process that read them."""
+
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, index: int) -> Data:
+        info = torch.utils.data.get_worker_info()
+        seed = torch.tensor([-1 if info is None else info.seed % 2**62])
+        return Data(pos=torch.zeros(1, 3), number=torch.tensor([index]), seed=seed)
+
+
+def test_resumed_workers_get_the_seeds_of_the_uninterrupted_pass() -> None:
+    def loader() -> ResumableDataLoader:
+        return ResumableDataLoader(_WorkerSeedDataset(), batch_size=2, shuffle=True, seed=4,
+                                   num_workers=1)  # fmt: skip
+
+    first = [(batch.number.tolist(), batch.seed.tolist()) for batch in loader()]
+    assert first[0][1][0] != -1
+    resumed = loader()
+    resumed.load_state_dict({"epoch": 0, "batches": 1})
+    assert [(batch.number.tolist(), batch.seed.tolist()) for batch in resumed] == first[1:]
+
+
+def test_resume_with_a_given_batch_sampler() -> None:
+    batches = [[4, 0], [1], [3, 2]]
+    loader = ResumableDataLoader(_structures(5), batch_sampler=batches)
+    assert _order(loader) == batches
+    loader.load_state_dict({"epoch": 0, "batches": 1})
+    assert _order(loader) == batches[1:]
+
+
+class _Recorder(LightningModule):
+    """Records the structure numbers of every training batch; learns nothing."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.ones(1))
+        self.seen: list[list[int]] = []
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        self.seen.append(batch.number.tolist())
+        return (self.weight * batch.pos.sum()).sum()
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.0)
+
+
+class _Interrupt(Callback):
+    """Checkpoint after ``step`` optimizer steps, then stop the run as a crash would."""
+
+    def __init__(self, path: Path, step: int) -> None:
+        self.path, self.step = path, step
+
+    def on_train_batch_end(self, trainer: Trainer, *args: object) -> None:
+        if trainer.global_step == self.step:
+            trainer.save_checkpoint(self.path)
+            raise RuntimeError("interrupted")
+
+
+def test_lightning_resumes_mid_epoch_with_the_remaining_batches(tmp_path: Path) -> None:
+    def run(module: _Recorder, **kwargs: Any) -> Trainer:
+        return Trainer(accelerator="cpu", max_epochs=2, logger=False, enable_checkpointing=False,
+                       enable_progress_bar=False, enable_model_summary=False,
+                       default_root_dir=tmp_path, **kwargs)  # fmt: skip
+
+    def loader() -> ResumableDataLoader:
+        return ResumableDataLoader(_structures(11), batch_size=2, shuffle=True, seed=3,
+                                   num_workers=1, persistent_workers=True)  # fmt: skip
+
+    full = _Recorder()
+    run(full).fit(full, loader())
+    first = _Recorder()
+    path = tmp_path / "interrupted.ckpt"
+    with pytest.raises(RuntimeError, match="interrupted"):
+        run(first, callbacks=[_Interrupt(path, step=8)]).fit(first, loader())
+    rest = _Recorder()
+    run(rest).fit(rest, loader(), ckpt_path=path)
+    assert len(full.seen) == 12  # 6 batches in each of 2 epochs
+    assert first.seen == full.seen[:8]
+    assert rest.seen == full.seen[8:]

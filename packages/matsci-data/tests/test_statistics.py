@@ -9,7 +9,7 @@ from ase.neighborlist import neighbor_list
 from torch_geometric.data import Data
 from torch_geometric.loader import DataLoader
 
-from matsci.contract import NUM_ELEMENTS, DatasetStatistics
+from matsci.contract import NUM_ELEMENTS
 from matsci.contract import keys as K
 from matsci.data._convert import atoms_to_data
 from matsci.data._statistics import compute_statistics, fit_reference_energies
@@ -165,7 +165,39 @@ def test_errors() -> None:
         compute_statistics([atoms_to_data(bulk("Cu"))], keys=[K.ENERGY])
 
 
-def test_dataclass_defaults() -> None:
-    stats = DatasetStatistics(num_structures=1, num_atoms=2)
-    assert stats.mean == {}
-    assert stats.missing_elements == []
+def test_missing_values_are_left_out_of_every_statistic() -> None:
+    data = _synthetic(12, seed=3)
+    gaps = _synthetic(3, seed=4)
+    for item in gaps:
+        item.energy = torch.full_like(item.energy, math.nan)
+        item.force = torch.full_like(item.force, math.nan)
+        item.dipole[0, 1] = math.nan
+    with_gaps = compute_statistics(DataLoader(data + gaps, batch_size=5), keys=[K.ENERGY, K.FORCE])
+    clean = compute_statistics(DataLoader(data, batch_size=5), keys=[K.ENERGY, K.FORCE])
+    assert with_gaps.reference_energies is not None
+    assert clean.reference_energies is not None
+    torch.testing.assert_close(with_gaps.reference_energies, clean.reference_energies)
+    assert with_gaps.force_rms == pytest.approx(clean.force_rms, rel=1e-12)
+    torch.testing.assert_close(with_gaps.mean[K.ENERGY], clean.mean[K.ENERGY])
+    torch.testing.assert_close(with_gaps.std[K.FORCE], clean.std[K.FORCE])
+    assert with_gaps.count[K.ENERGY].tolist() == [12.0]
+    dipoles = compute_statistics(data + gaps, keys=["dipole"])
+    assert dipoles.count["dipole"].tolist() == [15.0, 12.0, 15.0]
+    expected = torch.cat([d.dipole for d in data + gaps]).double().nanmean(0)
+    torch.testing.assert_close(dipoles.mean["dipole"], expected)
+
+
+def test_counts_per_column() -> None:
+    data = _synthetic(5, seed=6)
+    stats = compute_statistics(DataLoader(data, batch_size=2), keys=[K.FORCE, K.ENERGY])
+    atoms = sum(d.num_nodes for d in data)
+    assert stats.count[K.FORCE].tolist() == [float(atoms)] * 3
+    assert stats.count[K.ENERGY].tolist() == [5.0]
+    assert stats.count[K.FORCE].dtype == torch.float64
+
+
+def test_infinite_target_is_refused() -> None:
+    data = _synthetic(2)
+    data[1].dipole[0, 2] = math.inf
+    with pytest.raises(ValueError, match=r"key 'dipole': infinite value in column\(s\) \[2\]"):
+        compute_statistics(data, keys=["dipole"])

@@ -1,12 +1,14 @@
 """Checks that every encoder must pass, reused by the tests of each encoder.
 
 An encoder is any ``nn.Module`` whose ``forward(batch)`` returns
-:class:`~matsci.tasks.core.Embeddings`. The physical checks go through a small
+:class:`~matsci.contract.Embeddings`. The physical checks go through a small
 :class:`~matsci.tasks.physics.ForceRegressionTask` around the encoder (:func:`energy_model`), so
 they test what users get: energies, forces (autograd) and stresses (strain derivative).
 
-Tolerances are relative to the magnitude of the reference values: ``1e-5`` in float32 and
-``1e-10`` in float64 (:data:`TOLERANCES`).
+The symmetry, batching and compilation checks themselves are the shared ones of
+:mod:`matsci.contract.testing` (tolerances relative to the magnitude of the reference values:
+``1e-5`` in float32 and ``1e-10`` in float64); this module adds what is particular to
+encoders of periodic structures.
 
 Functions
 ---------
@@ -14,14 +16,14 @@ random_periodic_structure
     A random crystal (skewed cell, a few elements of the EMT data) with its radius graph.
 energy_model
     A ForceRegressionTask around an encoder, in eval mode and the given dtype.
+energy_force_stress
+    The task as a model for the shared checks: ``{"energy", "force", "stress"}`` of a structure.
 assert_invariant_energy_equivariant_forces
     Rotations (and inversion), translations, permutations.
 assert_supercell_consistency
     A 2x2x2 supercell has the same energy per atom, forces and stress.
 assert_smooth_at_cutoff
     Energy continuous as an atom crosses the cutoff; edges beyond it contribute nothing.
-assert_compile_matches_eager
-    ``torch.compile(dynamic=True)`` gives the outputs (and position gradients) of eager mode.
 fit_emt_forces
     Train on the bundled EMT data; returns (test force MAE, zero-force predictor MAE).
 """
@@ -30,20 +32,25 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
 from torch import Tensor, nn
 from torch_geometric.data import Batch, Data
 
-from matsci.contract import Embeddings
+from matsci.contract.testing import (
+    Representation,
+    assert_close_relative,
+    assert_equivariant,
+    assert_permutation_equivariant,
+    assert_translation_invariant,
+    quiet_trainer,
+    tolerance,
+)
 from matsci.tasks.physics import ForceRegressionTask
 from matsci.transforms import PeriodicRadiusGraph
-
-TOLERANCES: dict[torch.dtype, float] = {torch.float32: 1e-5, torch.float64: 1e-10}
-"""Relative tolerance of the symmetry checks per dtype."""
 
 ELEMENTS: tuple[int, ...] = (13, 28, 29, 46, 47, 78, 79)
 """Atomic numbers of random structures (the metals of ASE's EMT)."""
@@ -148,48 +155,23 @@ def energy_model(
     return task.to(dtype).eval()
 
 
+def energy_force_stress(task: ForceRegressionTask) -> Callable[[Data], dict[str, Tensor | None]]:
+    """The task as a model of one structure: energy [1], forces [N, 3], stress [1, 3, 3] or None."""
+
+    def model(data: Data) -> dict[str, Tensor | None]:
+        batch = data if isinstance(data, Batch) else Batch.from_data_list([data])
+        energy, force, stress = task.energy_and_derivatives(batch, keep_graph=False)
+        return {"energy": energy, "force": force, "stress": stress}
+
+    return model
+
+
 def _predict(task: ForceRegressionTask, data: Data) -> tuple[Tensor, Tensor, Tensor | None]:
     """Energy [1], forces [N, 3] and stress [1, 3, 3] or ``None`` of one structure."""
     return task.energy_and_derivatives(Batch.from_data_list([data]), keep_graph=False)
 
 
-def _tolerance(dtype: torch.dtype) -> float:
-    return TOLERANCES.get(dtype, 1e-5)
-
-
-def assert_close_relative(
-    actual: Tensor,
-    expected: Tensor,
-    dtype: torch.dtype,
-    what: str,
-    *,
-    factor: float = 1.0,
-    floor: float = 1e-3,
-) -> None:
-    """``|actual - expected| <= tol(dtype) * factor * max(max|expected|, floor)``, else fail.
-
-    ``floor`` keeps the bound meaningful when the values happen to be small: energies are
-    sums of per-atom terms that may cancel, so energy checks use ``floor=1`` (eV).
-    """
-    assert actual.shape == expected.shape, (what, actual.shape, expected.shape)
-    scale = max(float(expected.abs().max()), floor) if expected.numel() else 1.0
-    bound = _tolerance(dtype) * factor * scale
-    error = float((actual - expected).abs().max()) if expected.numel() else 0.0
-    assert error <= bound, f"{what}: max error {error:.3g} > {bound:.3g} (scale {scale:.3g})"
-
-
 # -- symmetries ------------------------------------------------------------------------------
-
-
-def random_rotation(seed: int, dtype: torch.dtype = torch.float64) -> Tensor:
-    """A random proper rotation [3, 3] (QR of a Gaussian matrix, sign fixed, det +1)."""
-    gaussian = torch.randn(3, 3, generator=_generator(seed), dtype=torch.float64)
-    q, r = torch.linalg.qr(gaussian)
-    q = q * torch.sign(torch.diagonal(r)).unsqueeze(0)
-    if torch.linalg.det(q) < 0:
-        q[:, 0] = -q[:, 0]
-    rotation: Tensor = q.to(dtype)
-    return rotation
 
 
 def assert_invariant_energy_equivariant_forces(
@@ -197,58 +179,38 @@ def assert_invariant_energy_equivariant_forces(
     data: Data,
     dtype: torch.dtype,
     *,
-    graph_cutoff: float | None = None,
     parity: bool = True,
     seed: int = 0,
 ) -> None:
     """Energy invariant; forces and stress equivariant under rotations, translations, permutations.
 
-    - rotation ``R`` (and, with ``parity``, the improper ``-R``): ``pos @ R.T``, ``cell @ R.T``,
+    The shared checks of :mod:`matsci.contract.testing` on energy, forces and stress:
+
+    - rotation ``R`` (and, with ``parity``, the improper ``-R'``): ``pos @ R.T``, ``cell @ R.T``,
       same graph; energy unchanged, forces ``F @ R.T``, stress ``R S R.T``;
     - translation by a random vector: all unchanged;
-    - permutation of the atoms with the graph rebuilt by ``PeriodicRadiusGraph(graph_cutoff)``
-      (default: the encoder's ``cutoff``), so edges come in another order: energy and stress
-      unchanged, forces permuted.
+    - permutation of the atoms, with the graph renumbered and its edges shuffled: energy and
+      stress unchanged, forces permuted.
 
-    ``data`` is one structure in ``dtype`` with a graph; the task must be in ``dtype`` too.
+    Energies are compared relative to at least 1 eV (sums of terms may cancel). ``data`` is one
+    structure in ``dtype`` with a graph; the task must be in ``dtype`` too.
     """
-    energy, force, stress = _predict(task, data)
-    generator = _generator(seed)
-    rotations = [random_rotation(seed, dtype)]
-    if parity:
-        rotations.append(-random_rotation(seed + 1, dtype))
-    for rotation in rotations:
-        name = "rotation" if torch.linalg.det(rotation) > 0 else "rotation with inversion"
-        moved = data.clone()
-        moved.pos = data.pos @ rotation.T
-        moved.cell = data.cell @ rotation.T
-        energy_r, force_r, stress_r = _predict(task, moved)
-        assert_close_relative(energy_r, energy, dtype, f"energy after {name}", floor=1.0)
-        assert_close_relative(force_r, force @ rotation.T, dtype, f"forces after {name}")
-        if stress is not None and stress_r is not None:
-            expected = rotation @ stress[0] @ rotation.T
-            assert_close_relative(stress_r[0], expected, dtype, f"stress after {name}")
-
-    shifted = data.clone()
-    shift = 2.0 * torch.rand(3, generator=generator, dtype=torch.float64) - 1.0
-    shifted.pos = data.pos + shift.to(dtype)
-    energy_t, force_t, stress_t = _predict(task, shifted)
-    assert_close_relative(energy_t, energy, dtype, "energy after translation", floor=1.0)
-    assert_close_relative(force_t, force, dtype, "forces after translation")
-    if stress is not None and stress_t is not None:
-        assert_close_relative(stress_t, stress, dtype, "stress after translation")
-
-    order = torch.randperm(data.num_nodes, generator=generator)
-    permuted = Data(
-        **{key: value[order] if key in ("pos", "atomic_numbers") else value
-           for key, value in data.items() if key not in ("edge_index", "cell_offsets")}
-    )  # fmt: skip
-    permuted = _with_graph(permuted, _graph_cutoff(task, graph_cutoff))
-    energy_p, force_p, stress_p = _predict(task, permuted)
-    assert_close_relative(energy_p, energy, dtype, "energy after permutation", floor=1.0)
-    assert_close_relative(force_p, force[order], dtype, "forces after permutation")
-    if stress is not None and stress_p is not None:
-        assert_close_relative(stress_p, stress, dtype, "stress after permutation")
+    assert data.pos.dtype == dtype, (data.pos.dtype, dtype)
+    model = energy_force_stress(task)
+    floor = {"energy": 1.0}
+    representations: dict[str, Representation] = {
+        "energy": "scalar",
+        "force": "vector",
+        "stress": "matrix",
+    }
+    assert_equivariant(model, data, representations, parity=parity, seed=seed, floor=floor)
+    assert_translation_invariant(model, data, seed=seed, floor=floor)
+    kinds: dict[str, Literal["node", "invariant"]] = {
+        "energy": "invariant",
+        "force": "node",
+        "stress": "invariant",
+    }
+    assert_permutation_equivariant(model, data, kinds, seed=seed, floor=floor)
 
 
 def supercell(data: Data, repeats: Sequence[int] = (2, 2, 2)) -> Data:
@@ -285,18 +247,17 @@ def assert_supercell_consistency(
     encoder's ``cutoff``). Tolerance: ``factor`` times the dtype's relative tolerance (sums
     over 8 times more atoms round differently).
     """
-    dtype = data.pos.dtype
     energy, force, stress = _predict(task, data)
     big = _with_graph(supercell(data), _graph_cutoff(task, graph_cutoff))
     energy_s, force_s, stress_s = _predict(task, big)
     n = data.num_nodes
-    assert_close_relative(energy_s / (8 * n), energy / n, dtype, "energy per atom",
+    assert_close_relative(energy_s / (8 * n), energy / n, what="energy per atom",
                           factor=factor, floor=1.0)  # fmt: skip
     for copy in range(8):
-        assert_close_relative(force_s[copy * n : (copy + 1) * n], force, dtype,
-                              f"forces on copy {copy} of the supercell", factor=factor)  # fmt: skip
+        assert_close_relative(force_s[copy * n : (copy + 1) * n], force, factor=factor,
+                              what=f"forces on copy {copy} of the supercell")  # fmt: skip
     if stress is not None and stress_s is not None:
-        assert_close_relative(stress_s, stress, dtype, "stress", factor=factor)
+        assert_close_relative(stress_s, stress, what="stress", factor=factor)
 
 
 # -- smoothness ------------------------------------------------------------------------------
@@ -362,15 +323,15 @@ def assert_smooth_at_cutoff(
     )
     for distance in (cutoff + 1e-6, cutoff + 1e-3, cutoff + 0.3, graph_cutoff - 1e-3):
         energy, force = energy_force(distance)
-        assert abs(energy - isolated) <= 10 * _tolerance(dtype) * scale, (
+        assert abs(energy - isolated) <= 10 * tolerance(dtype) * scale, (
             f"an edge of {distance} Å beyond the cutoff {cutoff} changes the energy: "
             f"{energy} != {isolated} without it"
         )
-        assert force <= 10 * _tolerance(dtype) * scale, (
+        assert force <= 10 * tolerance(dtype) * scale, (
             f"an edge of {distance} Å beyond the cutoff {cutoff} gives a force {force}"
         )
     gaps = [abs(energy_force(cutoff - h)[0] - isolated) for h in (1e-1, 1e-2, 1e-3)]
-    noise = 10 * _tolerance(dtype) * scale
+    noise = 10 * tolerance(dtype) * scale
     for (wide, narrow), h in zip(itertools.pairwise(gaps), (1e-2, 1e-3), strict=True):
         assert narrow <= 0.5 * wide + noise, (
             f"energy gap to the cutoff does not shrink with the step: {gaps} at h = 1e-1, "
@@ -386,61 +347,6 @@ def assert_smooth_at_cutoff(
             f"energy step {abs(e1 - e0)} over {step} Å near the cutoff exceeds {bound} "
             "(step times the force)"
         )
-
-
-# -- compilation -----------------------------------------------------------------------------
-
-
-def assert_compile_matches_eager(
-    encoder: nn.Module,
-    batch: Batch,
-    *,
-    other_batch: Batch | None = None,
-    check_gradients: bool = True,
-    allow_recompile: bool = False,
-    factor: float = 10.0,
-) -> None:
-    """``torch.compile(encoder, dynamic=True)`` gives eager's embeddings and position gradients.
-
-    Runs on ``batch`` and, if given, on ``other_batch``: another number of structures, atoms
-    and edges, which must reuse the compiled graph (unless ``allow_recompile``). Pick sizes
-    other than 2 and 3 for the number of structures: dynamic shapes "duck-size" dimensions of
-    equal value, so ``cell`` [3, 3, 3] would be specialized. Gradients are those of the summed
-    embeddings with respect to ``pos`` (what forces are made of). Tolerance: ``factor`` times
-    the dtype's relative tolerance (compiled kernels fuse and reorder sums).
-    """
-    compiled = torch.compile(encoder, dynamic=True)
-    for index, current in enumerate([batch] if other_batch is None else [batch, other_batch]):
-        dtype = current.pos.dtype
-        eager_out, eager_grad = _embed(encoder, current, check_gradients)
-        recompile_ok = index == 0 or allow_recompile
-        with torch.compiler.set_stance("default" if recompile_ok else "fail_on_recompile"):
-            compiled_out, compiled_grad = _embed(compiled, current, check_gradients)
-        for name in ("point_embedding", "system_embedding"):
-            expected, actual = getattr(eager_out, name), getattr(compiled_out, name)
-            assert (expected is None) == (actual is None), name
-            if expected is not None:
-                assert_close_relative(actual, expected, dtype, f"compiled {name}", factor=factor)
-        if eager_grad is not None and compiled_grad is not None:
-            assert_close_relative(compiled_grad, eager_grad, dtype, "compiled d(sum)/d(pos)",
-                                  factor=factor)  # fmt: skip
-
-
-def _embed(module: Any, batch: Batch, gradients: bool) -> tuple[Embeddings, Tensor | None]:
-    work = batch.clone()
-    work.pos = batch.pos.detach().clone().requires_grad_(gradients)
-    out: Embeddings = module(work)
-    if not gradients:
-        return out, None
-    total = sum(
-        (t.sum() for t in (out.point_embedding, out.system_embedding) if t is not None),
-        torch.zeros((), dtype=work.pos.dtype),
-    )
-    (grad,) = torch.autograd.grad(total, work.pos)
-    return Embeddings(
-        point_embedding=None if out.point_embedding is None else out.point_embedding.detach(),
-        system_embedding=None if out.system_embedding is None else out.system_embedding.detach(),
-    ), grad
 
 
 # -- learning --------------------------------------------------------------------------------
@@ -484,19 +390,10 @@ def fit_emt_forces(
         task_loss_scaling={"energy": 1.0, "force": force_weight},
     )  # fmt: skip
     task.fit_normalizers(data.train_dataloader())
-    _trainer(max_epochs=epochs).fit(task, datamodule=data)
-    metrics = _trainer().test(task, datamodule=data, verbose=False)[0]
+    quiet_trainer(max_epochs=epochs).fit(task, datamodule=data)
+    metrics = quiet_trainer().test(task, datamodule=data, verbose=False)[0]
     forces = torch.cat([batch.force for batch in data.test_dataloader()])
     return float(metrics["test/force/mae"]), float(forces.abs().mean())
-
-
-def _trainer(**kwargs: Any) -> pl.Trainer:
-    options: dict[str, Any] = {
-        "accelerator": "cpu", "max_epochs": 1, "logger": False, "enable_checkpointing": False,
-        "enable_progress_bar": False, "enable_model_summary": False,
-    }  # fmt: skip
-    options.update(kwargs)
-    return pl.Trainer(**options)
 
 
 # -- cost ------------------------------------------------------------------------------------
@@ -524,16 +421,13 @@ def seconds_per_structure(
 
 __all__ = [
     "ELEMENTS",
-    "TOLERANCES",
-    "assert_close_relative",
-    "assert_compile_matches_eager",
     "assert_invariant_energy_equivariant_forces",
     "assert_smooth_at_cutoff",
     "assert_supercell_consistency",
+    "energy_force_stress",
     "energy_model",
     "fit_emt_forces",
     "random_periodic_structure",
-    "random_rotation",
     "seconds_per_structure",
     "supercell",
 ]

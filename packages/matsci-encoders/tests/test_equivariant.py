@@ -1,25 +1,31 @@
 import math
 from pathlib import Path
 
-import lightning.pytorch as pl
 import pytest
 import torch
 from e3nn import o3
 from encoder_checks import (
-    TOLERANCES,
-    assert_close_relative,
-    assert_compile_matches_eager,
     assert_invariant_energy_equivariant_forces,
     assert_smooth_at_cutoff,
     assert_supercell_consistency,
+    energy_force_stress,
     energy_model,
     fit_emt_forces,
     random_periodic_structure,
-    random_rotation,
 )
 from torch_geometric.data import Batch, Data
 from torch_geometric.loader import DataLoader
 
+from matsci.contract.testing import (
+    TOLERANCES,
+    assert_batch_matches_single,
+    assert_close_relative,
+    assert_compile_matches_eager,
+    assert_equivariant,
+    assert_permutation_equivariant,
+    assert_translation_invariant,
+    quiet_trainer,
+)
 from matsci.encoders import EquivariantEncoder
 from matsci.encoders._radial import RadialBasis, polynomial_envelope
 from matsci.tasks.physics import ForceRegressionTask, GradFreeForceRegression
@@ -182,21 +188,14 @@ def test_node_irreps_equivariant(dtype: torch.dtype) -> None:
     encoder = small_encoder(dtype).eval()
     irreps = encoder.embedding_dim
     data = random_periodic_structure(3, 6, CUTOFF, dtype)
-    features = embed(encoder, data)
-    for rotation in (random_rotation(5, dtype), -random_rotation(6, dtype)):
-        moved = data.clone()
-        moved.pos, moved.cell = data.pos @ rotation.T, data.cell @ rotation.T
-        wigner = wigner_d(irreps, rotation)  # includes parity when det(rotation) = -1
-        assert_close_relative(embed(encoder, moved), features @ wigner.T, dtype, "D(R) h")
-    shifted = data.clone()
-    shifted.pos = data.pos + torch.tensor([0.3, -1.2, 2.5], dtype=dtype)
-    assert_close_relative(embed(encoder, shifted), features, dtype, "translated features")
-    order = torch.randperm(data.num_nodes)
-    permuted = PeriodicRadiusGraph(CUTOFF)(
-        Data(pos=data.pos[order], atomic_numbers=data.atomic_numbers[order], cell=data.cell,
-             pbc=data.pbc, natoms=data.natoms)
-    )  # fmt: skip
-    assert_close_relative(embed(encoder, permuted), features[order], dtype, "permuted features")
+
+    def features(structure: Data) -> torch.Tensor:
+        return embed(encoder, structure)
+
+    # D(R) of the irreps, with their parity when det(R) = -1
+    assert_equivariant(features, data, lambda rotation: wigner_d(irreps, rotation), seed=5)
+    assert_translation_invariant(features, data, shift=[0.3, -1.2, 2.5])
+    assert_permutation_equivariant(features, data, "node")
 
 
 def _gradfree_task(dtype: torch.dtype) -> GradFreeForceRegression:
@@ -213,11 +212,8 @@ def test_gradfree_vector_head_is_equivariant() -> None:
     vectors = head(embed(task.encoder, data))  # type: ignore[operator]
     assert vectors.shape == (6, 3)
     assert vectors.abs().max() > 1e-3
-    for rotation in (random_rotation(7, dtype), -random_rotation(8, dtype)):
-        moved = data.clone()
-        moved.pos, moved.cell = data.pos @ rotation.T, data.cell @ rotation.T
-        rotated = head(embed(task.encoder, moved))  # type: ignore[operator]
-        assert_close_relative(rotated, vectors @ rotation.T, dtype, "1o head outputs")
+    assert_equivariant(lambda structure: head(embed(task.encoder, structure)), data, "vector",  # type: ignore[operator]
+                       seed=7)  # fmt: skip
 
 
 def test_gradfree_forces_rotate_with_the_structure() -> None:
@@ -227,12 +223,9 @@ def test_gradfree_forces_rotate_with_the_structure() -> None:
     force = task.predict(Batch.from_data_list([data]))["force"]
     assert force.shape == (6, 3)
     assert force.abs().max() > 1e-3
-    for rotation in (random_rotation(7, dtype), -random_rotation(8, dtype)):
-        moved = data.clone()
-        moved.pos, moved.cell = data.pos @ rotation.T, data.cell @ rotation.T
-        rotated = task.predict(Batch.from_data_list([moved]))["force"]
-        # Forces are polar vectors: F(-R x) = -R F(x), the head's 1o output does exactly that.
-        assert_close_relative(rotated, force @ rotation.T, dtype, "direct forces")
+    # Forces are polar vectors: F(-R x) = -R F(x), the head's 1o output does exactly that.
+    assert_equivariant(lambda structure: task.predict(Batch.from_data_list([structure]))["force"],
+                       data, "vector", seed=7)  # fmt: skip
 
 
 @pytest.mark.parametrize("offsets", [True, False], ids=["zero_offsets", "no_offsets"])
@@ -248,13 +241,10 @@ def test_molecule_without_cell(dtype: torch.dtype, offsets: bool) -> None:
     if not offsets:
         del molecule.cell_offsets
     batch = Batch.from_data_list([molecule])
-    energy, force, _ = task.energy_and_derivatives(batch, keep_graph=False)
-    rotation = random_rotation(2, dtype)
-    moved = Batch.from_data_list([molecule.clone()])
-    moved.pos = batch.pos @ rotation.T
-    energy_r, force_r, _ = task.energy_and_derivatives(moved, keep_graph=False)
-    assert_close_relative(energy_r, energy, dtype, "molecule energy", floor=1.0)
-    assert_close_relative(force_r, force @ rotation.T, dtype, "molecule forces")
+    _, force, _ = task.energy_and_derivatives(batch, keep_graph=False)
+    # No cell: only the positions rotate (a proper and an improper rotation).
+    assert_equivariant(energy_force_stress(task), batch, {"energy": "scalar", "force": "vector"},
+                       seed=2, floor={"energy": 1.0})  # fmt: skip
     assert float(force.sum(0).abs().max()) <= 10 * TOLERANCES[dtype] * float(force.abs().max())
 
 
@@ -276,7 +266,7 @@ def test_edges_beyond_the_cutoff_change_nothing(dtype: torch.dtype) -> None:
              natoms=data.natoms)
     )  # fmt: skip
     assert wide.edge_index.shape[1] > data.edge_index.shape[1]
-    assert_close_relative(embed(encoder, wide), embed(encoder, data), dtype, "extra long edges")
+    assert_close_relative(embed(encoder, wide), embed(encoder, data), what="extra long edges")
 
 
 def test_readouts_and_batches(dtype: torch.dtype) -> None:
@@ -290,13 +280,9 @@ def test_readouts_and_batches(dtype: torch.dtype) -> None:
     assert out_mean.system_embedding is not None
     assert out_sum.system_embedding.shape == (3, summed.system_embedding_dim)
     natoms = batch.natoms.to(dtype).unsqueeze(-1)
-    assert_close_relative(out_mean.system_embedding * natoms, out_sum.system_embedding, dtype,
-                          "sum = natoms * mean")  # fmt: skip
-    for index, data in enumerate(structures):  # batching changes nothing
-        alone = summed(Batch.from_data_list([data]))
-        assert alone.system_embedding is not None
-        assert_close_relative(out_sum.system_embedding[index : index + 1],
-                              alone.system_embedding, dtype, f"structure {index}")  # fmt: skip
+    assert_close_relative(out_mean.system_embedding * natoms, out_sum.system_embedding,
+                          what="sum = natoms * mean")  # fmt: skip
+    assert_batch_matches_single(summed, structures)  # batching changes nothing
 
 
 # -- tasks, training, compilation --------------------------------------------------------------
@@ -316,8 +302,7 @@ def test_tasks_train_end_to_end(task_class: type, tmp_path: Path) -> None:
                       output_kwargs={"hidden_dim": 16})  # fmt: skip
     assert task.hparams["encoder_kwargs"] == SMALL
     before = [p.detach().clone() for p in task.encoder.parameters()]
-    trainer = pl.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_progress_bar=False,
-                         enable_checkpointing=False, enable_model_summary=False)  # fmt: skip
+    trainer = quiet_trainer()
     loader = DataLoader(structures, batch_size=4)
     trainer.fit(task, loader, loader)
     assert all(math.isfinite(v) for v in map(float, trainer.callback_metrics.values()))
@@ -338,7 +323,7 @@ def test_compile_matches_eager() -> None:
     # 4 then 5 structures of other sizes: the second batch must reuse the compiled graph.
     batch = Batch.from_data_list([random_periodic_structure(s, 5, CUTOFF, dtype) for s in range(4)])
     other = Batch.from_data_list([random_periodic_structure(s, 7, CUTOFF, dtype) for s in range(5)])
-    assert_compile_matches_eager(encoder, batch, other_batch=other)
+    assert_compile_matches_eager(encoder, [batch, other], gradients=True)
 
 
 def test_fits_emt_forces() -> None:
@@ -376,8 +361,8 @@ def test_cuda_matches_cpu(dtype: torch.dtype) -> None:
     gpu = task.to("cuda")
     energy_g, force_g, stress_g = gpu.energy_and_derivatives(batch.to("cuda"), keep_graph=False)
     factor = 100.0 if dtype == torch.float32 else 1.0  # other kernels, other rounding
-    assert_close_relative(energy_g.cpu(), energy, dtype, "cuda energy", factor=factor, floor=1.0)
-    assert_close_relative(force_g.cpu(), force, dtype, "cuda forces", factor=factor)
+    assert_close_relative(energy_g.cpu(), energy, what="cuda energy", factor=factor, floor=1.0)
+    assert_close_relative(force_g.cpu(), force, what="cuda forces", factor=factor)
     assert stress is not None
     assert stress_g is not None
-    assert_close_relative(stress_g.cpu(), stress, dtype, "cuda stress", factor=factor)
+    assert_close_relative(stress_g.cpu(), stress, what="cuda stress", factor=factor)

@@ -5,6 +5,7 @@ import pytest
 import torch
 from torch import nn
 
+from matsci.contract.testing import assert_compile_matches_eager
 from matsci.heads import BLOCK_TYPES, OutputBlock, OutputHead
 
 
@@ -113,10 +114,8 @@ def _reinit(module: nn.Module) -> None:
 def test_torch_compile_matches_eager() -> None:
     head = OutputHead(3, 32, num_hidden=1, input_dim=16, activation="SiLU", norm="LayerNorm")
     head.eval()
-    compiled = torch.compile(head, dynamic=True)
-    for rows in (5, 11):
-        x = torch.randn(rows, 16)
-        torch.testing.assert_close(compiled(x), head(x), rtol=1e-5, atol=1e-6)
+    inputs = [torch.randn(rows, 16) for rows in (5, 11)]
+    assert_compile_matches_eager(head, inputs, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.gpu

@@ -5,7 +5,6 @@ Defined at module level so that checkpoints can name it by its dotted path.
 
 from typing import Any
 
-import lightning.pytorch as pl
 import torch
 from torch import Tensor, nn
 from torch_geometric.data import Batch, Data
@@ -13,6 +12,7 @@ from torch_geometric.loader import DataLoader
 from torch_geometric.utils import scatter
 
 from matsci.contract import Embeddings
+from matsci.contract.testing import quiet_trainer
 
 
 class TinyEncoder(nn.Module):
@@ -80,20 +80,29 @@ def loader(structures: list[Data], batch_size: int = 16, shuffle: bool = False) 
     return DataLoader(structures, batch_size=batch_size, shuffle=shuffle)
 
 
-def trainer(max_epochs: int = 1, **kwargs: Any) -> pl.Trainer:
-    """A quiet CPU trainer for tests."""
-    options: dict[str, Any] = {
-        "accelerator": "cpu",
-        "max_epochs": max_epochs,
-        "logger": False,
-        "enable_checkpointing": False,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-    }
-    options.update(kwargs)
-    return pl.Trainer(**options)
+trainer = quiet_trainer
+"""A quiet CPU trainer for tests: the shared :func:`matsci.contract.testing.quiet_trainer`."""
 
 
 def encoder_kwargs() -> dict[str, Any]:
     """How tests build every task's encoder (by dotted path, so checkpoints can rebuild it)."""
     return {"encoder_class": TinyEncoder, "encoder_kwargs": {"embedding_dim": 16}}
+
+
+class SizedEncoder(nn.Module):
+    """An encoder whose constructor arguments are kept as attributes (so tasks record them)."""
+
+    def __init__(self, width: int = 16, scale: float = 1.0) -> None:
+        super().__init__()
+        self.width = width
+        self.scale = scale
+        self.embedding_dim = width
+        self.atom_types = nn.Embedding(20, width)
+
+    def forward(self, batch: Batch) -> Embeddings:
+        point = (
+            self.scale
+            * self.atom_types(batch.atomic_numbers)
+            * batch.pos.norm(dim=-1, keepdim=True)
+        )
+        return Embeddings(point_embedding=point)

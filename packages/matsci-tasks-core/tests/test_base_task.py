@@ -274,14 +274,21 @@ def test_plateau_scheduler_monitors_a_validation_metric() -> None:
     assert run.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.1 * 0.5**3)
 
 
-def test_trainer_gradient_clipping_and_accumulation_apply() -> None:
-    task = _regression(lr=1e-2)
+@pytest.mark.parametrize("clip", [None, 1e-3], ids=["no-clip", "clip"])
+def test_trainer_gradient_clipping_and_accumulation_apply(clip: float | None) -> None:
+    # SGD with lr 1 and no weight decay: the step is exactly the (clipped) gradient.
+    task = _regression(optimizer="SGD", lr=1.0)
     data = loader(make_structures(64, seed=0), batch_size=8)
-    run = trainer(max_steps=2, gradient_clip_val=1e-3, accumulate_grad_batches=4)
-    before = {n: p.detach().clone() for n, p in task.named_parameters()}
+    run = trainer(max_steps=1, gradient_clip_val=clip, accumulate_grad_batches=4)
+    before = torch.cat([p.detach().flatten().clone() for p in task.parameters()])
     run.fit(task, data)
-    assert run.global_step == 2  # 8 batches, 4 per optimizer step
-    assert any(not torch.equal(before[n], p) for n, p in task.named_parameters())
+    assert run.global_step == 1
+    assert run.fit_loop.epoch_loop.batch_progress.total.completed == 4  # 4 batches, one step
+    step = float((torch.cat([p.detach().flatten() for p in task.parameters()]) - before).norm())
+    if clip is None:
+        assert step > 0.05  # the unclipped gradient norm is far above the clip value
+    else:  # torch scales the gradient to clip / (norm + 1e-6)
+        assert 0.99 * clip <= step <= 1.01 * clip, step
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "max"])

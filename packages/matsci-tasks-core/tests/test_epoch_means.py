@@ -49,18 +49,29 @@ def _frozen_regression() -> ScalarRegressionTask:
 def test_epoch_means_are_batch_weighted_and_reduced() -> None:
     means = EpochMeans(["a", "b"])
     assert not means.updated
-    means.update([torch.tensor(1.0), torch.tensor(10.0)], 1)
-    means.update([torch.tensor(4.0), torch.tensor(20.0)], 2)
+    means.update([torch.tensor(1.0), torch.tensor(10.0)], [1, 1])
+    means.update([torch.tensor(4.0), torch.tensor(20.0)], [2, 2])
     result = means.compute()
     assert float(result["a"]) == pytest.approx(3.0)
     assert float(result["b"]) == pytest.approx(50.0 / 3)
-    # A reduction sees [sums..., weight]: doubling everything leaves the means unchanged.
+    # A reduction sees [sums..., weights...]: doubling everything leaves the means unchanged.
     doubled = means.compute(reduce=lambda totals: 2 * totals)
     assert float(doubled["a"]) == pytest.approx(3.0)
     means.reset()
-    empty = means.compute(reduce=lambda totals: totals + torch.tensor([3.0, 6.0, 3.0]))
+    empty = means.compute(reduce=lambda totals: totals + torch.tensor([3.0, 6.0, 3.0, 3.0]))
     assert float(empty["a"]) == 1.0
     assert float(empty["b"]) == 2.0
+
+
+def test_epoch_means_leave_out_absent_values() -> None:
+    # A task without a batch in a step (None) adds nothing to its mean and no weight.
+    means = EpochMeans(["total", "first", "second"])
+    means.update([torch.tensor(3.0), torch.tensor(1.0), torch.tensor(5.0)], [4, 2, 2])
+    means.update([torch.tensor(2.0), torch.tensor(2.0), None], [2, 2, 0])
+    result = means.compute()
+    assert float(result["total"]) == pytest.approx((3.0 * 4 + 2.0 * 2) / 6)
+    assert float(result["first"]) == pytest.approx(1.5)
+    assert float(result["second"]) == pytest.approx(5.0)
 
 
 def test_pending_inputs_concatenate_and_give_the_same_metric() -> None:
@@ -156,7 +167,10 @@ def test_multitask_training_logs_the_same_names() -> None:
     run = trainer(max_epochs=1, logger=logger, log_every_n_steps=1)
     run.fit(module, {"bulk": loader(make_structures(24, 0), batch_size=8)})
     names = logger.names()
-    assert {"train/loss_step", "train/loss_epoch", "train/bulk/ScalarRegressionTask/loss",
-            "train/bulk/ScalarRegressionTask/energy/loss",
+    # The same names as a single task's, under the task's prefix: one logging path.
+    assert {"train/loss_step", "train/loss_epoch", "train/bulk/ScalarRegressionTask/loss_step",
+            "train/bulk/ScalarRegressionTask/loss_epoch",
+            "train/bulk/ScalarRegressionTask/energy/loss_step",
+            "train/bulk/ScalarRegressionTask_2/properties/loss_epoch",
             "train/bulk/ScalarRegressionTask/energy/mae",
             "train/bulk/ScalarRegressionTask_2/properties/rmse"} <= names  # fmt: skip

@@ -1,7 +1,11 @@
-import importlib.metadata
+import tomllib
+from pathlib import Path
 
 import matsci.tasks.core as package
 
 
-def test_version_matches_distribution_metadata() -> None:
-    assert package.__version__ == importlib.metadata.version("matsci-tasks-core")
+def test_version_is_the_one_in_pyproject() -> None:
+    with (Path(__file__).parents[1] / "pyproject.toml").open("rb") as handle:
+        project = tomllib.load(handle)["project"]
+    assert project["name"] == "matsci-tasks-core"
+    assert package.__version__ == project["version"]

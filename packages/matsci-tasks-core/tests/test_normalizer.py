@@ -7,6 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from matsci.contract import StreamingMoments
 from matsci.tasks.core._normalizer import Normalizer
 
 
@@ -208,6 +209,60 @@ def test_streaming_fit_resumes_from_state_dict(rng: torch.Generator) -> None:
     reference = Normalizer(dim=3).fit([first, second])
     torch.testing.assert_close(resumed.mean, reference.mean, rtol=0.0, atol=0.0)
     torch.testing.assert_close(resumed.std, reference.std, rtol=0.0, atol=0.0)
+
+
+def test_load_statistics_equals_fit_on_the_same_chunks(rng: torch.Generator) -> None:
+    data = _targets(400, rng)
+    data[torch.rand(400, 3, generator=rng) < 0.2] = math.nan
+    data[:, 0] = 0.5  # a constant column: std 1 either way
+    chunks = _split(data, [50, 150, 200])
+    fitted = Normalizer(dim=3).fit(chunks)
+    moments = StreamingMoments(dim=3)
+    for chunk in chunks:
+        moments.update(chunk)
+    loaded = Normalizer(dim=3)
+    loaded.load_statistics(moments.mean, moments.std, moments.count)
+    assert torch.equal(loaded.mean, fitted.mean)
+    assert torch.equal(loaded.std, fitted.std)
+    assert loaded.std[0].item() == 1.0
+    assert torch.equal(loaded.count, fitted.count)
+    assert torch.equal(loaded.running_mean, fitted.running_mean)
+    torch.testing.assert_close(loaded.m2, fitted.m2, rtol=1e-12, atol=1e-12)
+
+
+def test_load_statistics_without_count_zeroes_the_accumulators() -> None:
+    normalizer = Normalizer(dim=2).fit([torch.tensor([[1.0, 2.0], [3.0, 8.0]])])
+    normalizer.load_statistics(torch.tensor([1.0, -2.0]), torch.tensor([0.5, 4.0]))
+    assert normalizer.mean.tolist() == [1.0, -2.0]
+    assert normalizer.std.tolist() == [0.5, 4.0]
+    assert normalizer.count.tolist() == [0.0, 0.0]
+    assert normalizer.m2.tolist() == [0.0, 0.0]
+    # ([2, 2] - [1, -2]) / [0.5, 4] = [2, 1]
+    assert normalizer.normalize(torch.tensor([[2.0, 2.0]])).tolist() == [[2.0, 1.0]]
+
+
+def test_load_statistics_extends_with_update() -> None:
+    first, second = torch.tensor([[1.0], [3.0]]), torch.tensor([[5.0]])
+    normalizer = Normalizer()
+    normalizer.load_statistics(torch.tensor([2.0]), torch.tensor([1.0]), torch.tensor([2.0]))
+    normalizer.update(second)
+    normalizer.finalize()
+    reference = Normalizer().fit([first, second])
+    assert normalizer.mean.tolist() == reference.mean.tolist() == [3.0]
+    torch.testing.assert_close(normalizer.std, reference.std)
+
+
+def test_load_statistics_errors() -> None:
+    normalizer = Normalizer(dim=2)
+    with pytest.raises(ValueError, match=r"load_statistics: std of shape \(3,\); expected \[2\]"):
+        normalizer.load_statistics(torch.zeros(2), torch.ones(3))
+    with pytest.raises(ValueError, match=r"load_statistics: column\(s\) \[1\] have no values"):
+        normalizer.load_statistics(torch.zeros(2), torch.ones(2), torch.tensor([3.0, 0.0]))
+    with pytest.raises(ValueError, match=r"std=\[1, -1\]; expected finite values and std >= 0"):
+        normalizer.load_statistics(torch.zeros(2), torch.tensor([1.0, -1.0]))
+    with pytest.raises(ValueError, match=r"mean=\[nan, 0\]"):
+        normalizer.load_statistics(torch.tensor([math.nan, 0.0]), torch.ones(2))
+    assert normalizer.mean.tolist() == [0.0, 0.0]  # nothing changed
 
 
 def test_repr_is_short() -> None:

@@ -1,11 +1,13 @@
-"""A small smooth encoder and random periodic structures for the physics tests."""
+"""A small smooth encoder and random periodic structures for the physics tests.
+
+The checks themselves (finite differences, symmetries, batching) and the quiet trainer are the
+shared ones of :mod:`matsci.contract.testing`.
+"""
 
 import math
-from typing import Any
 
-import lightning.pytorch as pl
 import torch
-from torch import Tensor, nn
+from torch import nn
 from torch_geometric.data import Batch, Data
 
 from matsci.contract import Embeddings
@@ -78,35 +80,9 @@ def random_crystal(
     return PeriodicRadiusGraph(cutoff=CUTOFF)(data)
 
 
-def trainer(**kwargs: Any) -> pl.Trainer:
-    """A quiet CPU trainer with Lightning's default (inference-mode) evaluation."""
-    options: dict[str, Any] = {
-        "accelerator": "cpu",
-        "max_epochs": 1,
-        "logger": False,
-        "enable_checkpointing": False,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-    }
-    options.update(kwargs)
-    return pl.Trainer(**options)
-
-
 def with_targets(data: Data, energy: float = 0.0) -> Data:
     """Attach zero-ish targets so tasks accept the structure."""
     data.energy = torch.tensor([energy], dtype=data.pos.dtype)
     data.force = torch.zeros_like(data.pos)
     data.stress = torch.zeros(1, 3, 3, dtype=data.pos.dtype)
     return data
-
-
-def central_difference(function: Any, x: Tensor, step: float = 1e-5) -> Tensor:
-    """Gradient of a scalar function by central differences, one coordinate at a time."""
-    gradient = torch.zeros_like(x)
-    flat = gradient.view(-1)
-    for index in range(x.numel()):
-        plus, minus = x.clone(), x.clone()
-        plus.view(-1)[index] += step
-        minus.view(-1)[index] -= step
-        flat[index] = (function(plus) - function(minus)) / (2 * step)
-    return gradient

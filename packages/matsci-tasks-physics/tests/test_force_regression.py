@@ -3,17 +3,20 @@ from typing import Any
 
 import pytest
 import torch
-from physics_helpers import (
-    SmoothEncoder,
-    central_difference,
-    random_crystal,
-    trainer,
-    with_targets,
-)
+from lightning.pytorch import Callback
+from physics_helpers import SmoothEncoder, random_crystal, with_targets
 from torch import Tensor, nn
 from torch_geometric.data import Batch, Data
 from torch_geometric.loader import DataLoader
 
+from matsci.contract.testing import (
+    assert_batch_matches_single,
+    assert_forces_are_energy_gradient,
+    assert_permutation_equivariant,
+    assert_stress_is_strain_derivative,
+    assert_translation_invariant,
+    quiet_trainer,
+)
 from matsci.tasks.core import Embeddings, gradients_enabled, prepare_encoder_input
 from matsci.tasks.physics import ForceRegressionTask
 from matsci.transforms import PeriodicRadiusGraph, edge_vectors
@@ -27,11 +30,21 @@ def _task(compute_stress: bool = True, **kwargs: Any) -> ForceRegressionTask:
     return task.double().eval()
 
 
-def _energy_at(task: ForceRegressionTask, data: Data, pos: Tensor, cell: Tensor) -> float:
+def _energy_at(task: ForceRegressionTask, data: Data, pos: Tensor, cell: Tensor) -> Tensor:
     moved = data.clone()
     moved.pos, moved.cell = pos, cell
     energy, _, _ = task.energy_and_derivatives(Batch.from_data_list([moved]))
-    return float(energy.sum())
+    return energy
+
+
+def _outputs(task: ForceRegressionTask) -> Any:
+    """The task as a model for the shared checks: energy, forces and stress of a structure."""
+
+    def model(data: Data) -> dict[str, Tensor | None]:
+        energy, force, stress = task.energy_and_derivatives(Batch.from_data_list([data]))
+        return {"energy": energy, "force": force, "stress": stress}
+
+    return model
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -39,8 +52,9 @@ def test_forces_are_the_negative_gradient_of_the_energy(seed: int) -> None:
     task = _task()
     data = random_crystal(seed)
     _, force, _ = task.energy_and_derivatives(Batch.from_data_list([data]))
-    numerical = -central_difference(lambda p: _energy_at(task, data, p, data.cell), data.pos)
-    torch.testing.assert_close(force, numerical, rtol=1e-6, atol=1e-8)
+    assert_forces_are_energy_gradient(
+        lambda p: _energy_at(task, data, p, data.cell), data.pos, force, rtol=1e-6, atol=1e-8
+    )
     assert float(force.abs().max()) > 1e-3  # not trivially zero
 
 
@@ -50,16 +64,11 @@ def test_stress_is_the_strain_derivative_over_volume(seed: int) -> None:
     data = random_crystal(seed)
     _, _, stress = task.energy_and_derivatives(Batch.from_data_list([data]))
     assert stress is not None
-    cell = data.cell[0]
-    volume = float(torch.linalg.det(cell).abs())
-
-    def strained_energy(strain: Tensor) -> float:
-        deformation = torch.eye(3, dtype=torch.float64) + 0.5 * (strain + strain.T)
-        return _energy_at(task, data, data.pos @ deformation, (cell @ deformation).unsqueeze(0))
-
-    numerical = central_difference(strained_energy, torch.zeros(3, 3, dtype=torch.float64)) / volume
-    symmetric = 0.5 * (numerical + numerical.T)
-    torch.testing.assert_close(stress[0], symmetric, rtol=1e-6, atol=1e-9)
+    assert float(stress.abs().max()) > 1e-4  # not trivially zero
+    assert_stress_is_strain_derivative(
+        lambda pos, cell: _energy_at(task, data, pos, cell), data.pos, data.cell, stress,
+        rtol=1e-6, atol=1e-9,
+    )  # fmt: skip
     torch.testing.assert_close(stress[0], stress[0].T)
 
 
@@ -117,36 +126,23 @@ def test_sign_and_units_match_ase_for_an_analytic_pair_potential() -> None:
 def test_translation_invariance_and_permutation_equivariance() -> None:
     task = _task(compute_stress=False)
     data = random_crystal(4, n_atoms=5)
-    energy, force, _ = task.energy_and_derivatives(Batch.from_data_list([data]))
-    shifted = data.clone()
-    shifted.pos = data.pos + torch.tensor([0.3, -1.2, 2.5], dtype=torch.float64)
-    energy_t, force_t, _ = task.energy_and_derivatives(Batch.from_data_list([shifted]))
-    torch.testing.assert_close(energy_t, energy)
-    torch.testing.assert_close(force_t, force)
-    order = torch.tensor([3, 0, 4, 1, 2])
-    permuted = Data(
-        pos=data.pos[order], atomic_numbers=data.atomic_numbers[order], natoms=data.natoms,
-        cell=data.cell, pbc=data.pbc,
-    )  # fmt: skip
-    permuted = PeriodicRadiusGraph(cutoff=3.5)(permuted)
-    energy_p, force_p, _ = task.energy_and_derivatives(Batch.from_data_list([permuted]))
-    torch.testing.assert_close(energy_p, energy)
-    torch.testing.assert_close(force_p, force[order])
+    model = _outputs(task)
+    assert_translation_invariant(model, data, shift=[0.3, -1.2, 2.5], floor={"energy": 1.0})
+    assert_permutation_equivariant(
+        model, data, {"energy": "invariant", "force": "node"}, floor={"energy": 1.0}
+    )
 
 
 def test_batched_equals_one_at_a_time() -> None:
     task = _task()
     structures = [random_crystal(seed, n_atoms=3 + seed) for seed in range(3)]
-    energy, force, stress = task.energy_and_derivatives(Batch.from_data_list(structures))
-    offset = 0
-    for index, data in enumerate(structures):
-        e, f, s = task.energy_and_derivatives(Batch.from_data_list([data]))
-        torch.testing.assert_close(energy[index : index + 1], e)
-        torch.testing.assert_close(force[offset : offset + len(data.pos)], f)
+
+    def model(batch: Batch) -> dict[str, Tensor | None]:
+        energy, force, stress = task.energy_and_derivatives(batch)
         assert stress is not None
-        assert s is not None
-        torch.testing.assert_close(stress[index : index + 1], s)
-        offset += len(data.pos)
+        return {"energy": energy, "force": force, "stress": stress}
+
+    assert_batch_matches_single(model, structures, floor={"energy": 1.0})
 
 
 def _dataset(count: int = 24) -> list[Data]:
@@ -158,14 +154,14 @@ def test_validate_test_predict_under_default_trainer_give_manual_forces() -> Non
     structures = _dataset(6)
     loader = DataLoader(structures, batch_size=3)
     manual = [task.predict(batch) for batch in loader]
-    predicted = trainer().predict(task, loader)
+    predicted = quiet_trainer().predict(task, loader)
     assert predicted is not None
     for mine, theirs in zip(manual, predicted, strict=True):
         for key in ("energy", "force", "stress"):
             torch.testing.assert_close(theirs[key], mine[key])  # type: ignore[index]
             assert not theirs[key].requires_grad  # type: ignore[index]
-    validated = trainer().validate(task, loader, verbose=False)[0]
-    tested = trainer().test(task, loader, verbose=False)[0]
+    validated = quiet_trainer().validate(task, loader, verbose=False)[0]
+    tested = quiet_trainer().test(task, loader, verbose=False)[0]
     all_forces = torch.cat([out["force"] for out in manual])
     assert validated["val/force/mae"] == pytest.approx(float(all_forces.abs().mean()), rel=1e-5)
     assert tested["test/force/mae"] == pytest.approx(validated["val/force/mae"], rel=1e-9)
@@ -275,7 +271,7 @@ def test_checkpoint_round_trip(tmp_path: Path) -> None:
     for data in structures:
         data.force = torch.randn_like(data.pos)
     task.fit_normalizers(DataLoader(structures, batch_size=4))
-    run = trainer(max_steps=2, default_root_dir=tmp_path)
+    run = quiet_trainer(max_steps=2, default_root_dir=tmp_path)
     single = [_float32(d) for d in structures]
     run.fit(task.float(), DataLoader(single, batch_size=4))
     path = tmp_path / "force.ckpt"
@@ -310,25 +306,75 @@ def test_missing_forces_are_a_clear_error() -> None:
         task.check_batch(Batch.from_data_list([data]))
 
 
-@pytest.mark.parametrize(
-    "options",
-    [
-        {"gradient_clip_val": 1e-3, "accumulate_grad_batches": 2},
-        {"precision": "bf16-mixed"},
-    ],
-    ids=["clip-accumulate", "bf16-mixed"],
-)
-def test_trainer_features_apply_to_force_training(options: dict[str, Any]) -> None:
+def _float32_force_data() -> list[Data]:
     structures = [_float32(data) for data in _dataset(8)]
     for data in structures:
         data.force = torch.randn_like(data.pos)
-    task = ForceRegressionTask(
+    return structures
+
+
+def _force_task() -> ForceRegressionTask:
+    return ForceRegressionTask(
         encoder_class=SmoothEncoder, encoder_kwargs={"embedding_dim": 8}, compute_stress=True
     )
+
+
+def _gradient_norm(module: nn.Module) -> float:
+    norms = [p.grad.detach().norm() for p in module.parameters() if p.grad is not None]
+    return float(torch.stack(norms).norm())
+
+
+class _GradientNorms(Callback):
+    """The gradient norm of each optimizer step before clipping and as the optimizer used it."""
+
+    def __init__(self) -> None:
+        self.before_clipping: list[float] = []
+        self.stepped: list[float] = []
+
+    def on_before_optimizer_step(self, trainer: Any, module: Any, optimizer: Any) -> None:
+        self.before_clipping.append(_gradient_norm(module))  # Lightning clips after this hook
+
+    def on_train_batch_end(
+        self, trainer: Any, module: Any, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if (batch_idx + 1) % trainer.accumulate_grad_batches == 0:  # a batch that stepped:
+            self.stepped.append(_gradient_norm(module))  # the gradients the optimizer used
+
+
+@pytest.mark.parametrize("clip", [None, 1e-3], ids=["no-clip", "clip"])
+def test_gradient_clipping_bounds_the_gradient_norm_and_accumulation_counts(
+    clip: float | None,
+) -> None:
+    norms = _GradientNorms()
+    task = _force_task()
     before = {name: p.detach().clone() for name, p in task.named_parameters()}
-    run = trainer(max_steps=2, **options)
-    run.fit(task, DataLoader(structures, batch_size=2))
+    run = quiet_trainer(max_steps=2, gradient_clip_val=clip, accumulate_grad_batches=2,
+                        callbacks=[norms])  # fmt: skip
+    run.fit(task, DataLoader(_float32_force_data(), batch_size=2))
+    assert run.global_step == 2  # 4 batches, 2 per optimizer step
+    assert len(norms.before_clipping) == len(norms.stepped) == 2
+    assert min(norms.before_clipping) > 1e-2  # the clip value of 1e-3 binds
+    if clip is None:  # the optimizer steps with the gradients as they came
+        assert norms.stepped == pytest.approx(norms.before_clipping, rel=1e-6)
+    else:  # scaled down to the clip value (torch scales by clip / (norm + 1e-6))
+        assert all(0.99 * clip <= norm <= clip for norm in norms.stepped), norms.stepped
+    changed = [n for n, p in task.named_parameters() if not torch.equal(before[n], p)]
+    assert changed, "no parameter was updated"
+
+
+def test_bf16_mixed_precision_trains_force_tasks() -> None:
+    task = _force_task()
+    before = {name: p.detach().clone() for name, p in task.named_parameters()}
+    run = quiet_trainer(max_steps=2, precision="bf16-mixed")
+    run.fit(task, DataLoader(_float32_force_data(), batch_size=2))
     assert run.global_step == 2
     changed = [n for n, p in task.named_parameters() if not torch.equal(before[n], p)]
     assert changed, "no parameter was updated"
     assert all(torch.isfinite(p).all() for p in task.parameters())
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_embedding_reduction_is_refused_where_nothing_is_pooled(reduction: str) -> None:
+    # The energy is a sum of per-atom energies: no structure embedding is pooled.
+    with pytest.raises(ValueError, match="pool nothing; leave embedding_reduction_type unset"):
+        ForceRegressionTask(encoder=SmoothEncoder(), embedding_reduction_type=reduction)

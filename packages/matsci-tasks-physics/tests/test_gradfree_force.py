@@ -1,9 +1,10 @@
 import pytest
 import torch
-from physics_helpers import SmoothEncoder, random_crystal, trainer
+from physics_helpers import SmoothEncoder, random_crystal
 from torch_geometric.data import Batch, Data
 from torch_geometric.loader import DataLoader
 
+from matsci.contract.testing import quiet_trainer
 from matsci.tasks.physics import GradFreeForceRegression, GradFreeForceRegressionTask
 
 
@@ -32,7 +33,7 @@ def test_trains_below_the_zero_force_predictor() -> None:
         encoder_kwargs={"embedding_dim": 16, "vector_channels": 8},
         lr=5e-3,
     )
-    trainer(max_epochs=15).fit(task, DataLoader(train, batch_size=8, shuffle=True))
+    quiet_trainer(max_epochs=15).fit(task, DataLoader(train, batch_size=8, shuffle=True))
     batch = Batch.from_data_list(held_out)
     predicted = task.predict(batch)["force"]
     assert predicted.shape == batch.force.shape

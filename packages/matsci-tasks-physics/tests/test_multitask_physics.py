@@ -1,11 +1,12 @@
 """Physics tasks inside MultiTaskLitModule: shared passes, clean vs noisy views, inference mode."""
 
 import torch
-from physics_helpers import SmoothEncoder, random_crystal, trainer, with_targets
+from physics_helpers import SmoothEncoder, random_crystal, with_targets
 from torch_geometric.data import Batch
 from torch_geometric.loader import DataLoader
 from typing_extensions import override
 
+from matsci.contract.testing import quiet_trainer
 from matsci.tasks.core import Embeddings, MultiTaskLitModule, ScalarRegressionTask
 from matsci.tasks.physics import ForceRegressionTask, GradFreeForceRegression, NodeDenoisingTask
 from matsci.transforms import NoisyPositions
@@ -89,7 +90,7 @@ def test_energy_and_direct_force_train_together_with_inference_mode_validation()
     for index, data in enumerate(structures):
         data.force = torch.randn_like(data.pos, generator=torch.Generator().manual_seed(index))
     module.fit_normalizers({"bulk": DataLoader(structures, batch_size=8)})
-    run = trainer(max_steps=6, limit_val_batches=1)
+    run = quiet_trainer(max_steps=6, limit_val_batches=1)
     loaders = {"bulk": DataLoader(structures, batch_size=8)}
     run.fit(module, train_dataloaders=loaders, val_dataloaders=loaders)
     metrics = run.callback_metrics

@@ -1,11 +1,12 @@
 import pytest
 import torch
-from physics_helpers import SmoothEncoder, random_crystal, trainer
+from physics_helpers import SmoothEncoder, random_crystal
 from torch import Tensor, nn
 from torch_geometric.data import Batch
 from torch_geometric.loader import DataLoader
 
 from matsci.contract import Embeddings
+from matsci.contract.testing import quiet_trainer
 from matsci.tasks.physics import NodeDenoisingTask
 from matsci.transforms import NoisyPositions
 
@@ -59,7 +60,7 @@ def test_denoising_lowers_the_loss() -> None:
         lr=5e-3,
     )
     loader = DataLoader(held_out, batch_size=24)
-    before = trainer().validate(task, loader, verbose=False)[0]["val/loss"]
-    trainer(max_epochs=12).fit(task, DataLoader(train, batch_size=8, shuffle=True))
-    after = trainer().validate(task, loader, verbose=False)[0]["val/loss"]
+    before = quiet_trainer().validate(task, loader, verbose=False)[0]["val/loss"]
+    quiet_trainer(max_epochs=12).fit(task, DataLoader(train, batch_size=8, shuffle=True))
+    after = quiet_trainer().validate(task, loader, verbose=False)[0]["val/loss"]
     assert after < 0.8 * before, (before, after)

@@ -5,6 +5,7 @@ import torch
 from torch_geometric.data import Batch, Data
 
 from matsci.contract import keys
+from matsci.contract.testing import assert_batch_matches_single
 from matsci.transforms import PeriodicRadiusGraph, edge_vectors
 
 
@@ -109,14 +110,22 @@ def test_batch_equals_structures_one_by_one(
         _graph(make_structure(kind, seed, dtype), cutoff)
         for kind, seed, cutoff in [("cubic", 0, 4.0), ("small_cell", 1, 5.0), ("slab", 2, 4.0)]
     ]
-    batch = Batch.from_data_list(graphs)
-    assert batch.cell.shape == (3, 3, 3)
-    vectors, distances = edge_vectors(
-        batch.pos, batch.edge_index, batch.cell, batch.cell_offsets, batch.batch
-    )
-    one_by_one = [edge_vectors(g.pos, g.edge_index, g.cell, g.cell_offsets) for g in graphs]
-    torch.testing.assert_close(vectors, torch.cat([v for v, _ in one_by_one]))
-    torch.testing.assert_close(distances, torch.cat([d for _, d in one_by_one]))
+    assert Batch.from_data_list(graphs).cell.shape == (3, 3, 3)
+
+    def vectors_and_distances(batch: Batch) -> dict[str, torch.Tensor]:
+        vectors, distances = edge_vectors(
+            batch.pos, batch.edge_index, batch.cell, batch.cell_offsets, batch.batch
+        )
+        return {"vectors": vectors, "distances": distances}
+
+    # torch.testing's default tolerances; each structure alone is a batch of one.
+    rtol, atol = {torch.float32: (1.3e-6, 1e-5), torch.float64: (1e-7, 1e-7)}[dtype]
+    assert_batch_matches_single(vectors_and_distances, graphs, rtol=rtol, atol=atol)
+    # ... and the same as a structure without batch vector ([3, 3] cell).
+    together = vectors_and_distances(Batch.from_data_list(graphs))
+    alone = [edge_vectors(g.pos, g.edge_index, g.cell, g.cell_offsets) for g in graphs]
+    torch.testing.assert_close(together["vectors"], torch.cat([v for v, _ in alone]))
+    torch.testing.assert_close(together["distances"], torch.cat([d for _, d in alone]))
 
 
 def test_strain_gradient_reaches_cell_through_positions_and_cell() -> None:

@@ -16,7 +16,7 @@ from ase.data import atomic_numbers, chemical_symbols
 from ase.stress import full_3x3_to_voigt_6_stress
 from torch_geometric.data import Batch, Data
 
-from matsci.ase._checkpoint import load_force_task, radius_graph_settings, read_checkpoint
+from matsci.ase._checkpoint import load_force_task
 from matsci.contract import keys
 from matsci.tasks.physics import ForceRegressionTask
 from matsci.transforms import PeriodicRadiusGraph
@@ -150,9 +150,10 @@ class MatsciCalculator(Calculator):
     ) -> MatsciCalculator:
         """Load a trained model from a Lightning checkpoint.
 
-        The checkpoint holds a :class:`~matsci.tasks.physics.ForceRegressionTask`, or a
-        multi-task ``MultiTaskLitModule`` (of :mod:`matsci.tasks.core`) from which ``task``
-        picks one. The neighbour graph is built as in training: with the ``cutoff`` and
+        The checkpoint, read once by :func:`~matsci.training.load_model`, holds a
+        :class:`~matsci.tasks.physics.ForceRegressionTask`, or a
+        :class:`~matsci.tasks.core.MultiTaskLitModule` from which ``task`` picks one. The
+        neighbour graph is built as in training: with the ``cutoff`` and
         ``max_neighbors`` given here, else those the data module recorded in the checkpoint
         (:class:`~matsci.data.AtomsDataModule` does, also inside a
         :class:`~matsci.data.MultiDataModule`, when trained with
@@ -164,7 +165,8 @@ class MatsciCalculator(Calculator):
         path
             The checkpoint file (loaded with ``weights_only=True``).
         task
-            For a multi-task checkpoint: the task's name (``"<dataset>/<task>"``) or index.
+            For a multi-task checkpoint: the task's name (``"<dataset>/<task>"``) or index (not
+            needed when it has one task).
         cutoff
             Cutoff (Å) of the neighbour graph, overriding the checkpoint's.
         max_neighbors
@@ -187,21 +189,20 @@ class MatsciCalculator(Calculator):
         FileNotFoundError
             If ``path`` does not exist.
         ValueError
-            If the file is not a checkpoint, holds no force task, is a multi-task checkpoint
-            without ``task`` (the message lists the tasks), names no cutoff anywhere, or
-            ``max_neighbors`` is given without ``cutoff``.
+            If the file is not a matsci checkpoint, holds no force task, is a multi-task
+            checkpoint without ``task`` (the message lists the tasks) or ``task`` names none of
+            its tasks, names no cutoff anywhere, or ``max_neighbors`` is given without
+            ``cutoff``.
         """
         if max_neighbors is not None and cutoff is None:
             raise ValueError(
                 f"MatsciCalculator.from_checkpoint(max_neighbors={max_neighbors}): give cutoff= "
                 "too; the two describe one neighbour graph"
             )
-        checkpoint = read_checkpoint(path)
-        force_task, dataset = load_force_task(path, checkpoint, task)
+        force_task, recorded = load_force_task(path, task)
         if cutoff is None:
-            recorded = radius_graph_settings(checkpoint, dataset)
             if recorded is not None:
-                cutoff, max_neighbors = recorded
+                cutoff, max_neighbors = recorded.cutoff, recorded.max_neighbors
             elif getattr(force_task.encoder, "cutoff", None) is None:
                 raise ValueError(
                     f"MatsciCalculator.from_checkpoint(path={os.fspath(path)!r}): the checkpoint "

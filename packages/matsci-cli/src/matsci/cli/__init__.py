@@ -8,11 +8,9 @@ by its class path, with its arguments in YAML.
 
 from importlib.metadata import version as _version
 
-from matsci.cli._check_targets import CheckTargets, check_targets
 from matsci.cli._cli import MatsciCLI, main
 from matsci.cli._errors import ConfigError, shorten
-from matsci.cli._fit_normalizers import FitNormalizers
-from matsci.cli._paths import BUNDLED_PREFIX, find_checkpoint, next_version, resolve_bundled
+from matsci.cli._paths import BUNDLED_PREFIX, next_version, resolve_bundled
 from matsci.cli._plots import (
     confusion_plot,
     learning_curve_plot,
@@ -20,7 +18,6 @@ from matsci.cli._plots import (
     write_parity_plots,
 )
 from matsci.cli._predict import load_for_prediction, predict_main, predict_to_file
-from matsci.cli._pretrained_encoder import PretrainedEncoder
 from matsci.cli._report import UNITS, metric_unit, metrics_table
 from matsci.cli._run_info import CHECKPOINT_KEY, RunInfo
 
@@ -30,16 +27,11 @@ __all__ = [
     "BUNDLED_PREFIX",
     "CHECKPOINT_KEY",
     "UNITS",
-    "CheckTargets",
     "ConfigError",
-    "FitNormalizers",
     "MatsciCLI",
-    "PretrainedEncoder",
     "RunInfo",
     "__version__",
-    "check_targets",
     "confusion_plot",
-    "find_checkpoint",
     "learning_curve_plot",
     "load_for_prediction",
     "main",

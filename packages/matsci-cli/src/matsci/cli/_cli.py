@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import warnings
@@ -10,25 +11,23 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
-from jsonargparse import DefaultHelpFormatter
+from jsonargparse import DefaultHelpFormatter, Namespace
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.trainer.states import TrainerStatus
 from typing_extensions import override
 
-from matsci.cli._check_targets import CheckTargets
 from matsci.cli._errors import DEBUG_VARIABLE, ConfigError, ShortErrorParser, shorten
-from matsci.cli._fit_normalizers import FitNormalizers
 from matsci.cli._paths import next_version, resolve_bundled
 from matsci.cli._plots import learning_curve_plot, write_parity_plots
 from matsci.cli._predict import predict_main
-from matsci.cli._pretrained_encoder import PretrainedEncoder
 from matsci.cli._report import metrics_table
 from matsci.cli._run_info import RunInfo
-from matsci.tasks.core import AtomThroughputMonitor
+from matsci.tasks.core import BaseTaskModule, MultiTaskLitModule
+from matsci.training import AtomThroughputMonitor, CheckTargets, FitNormalizers, PretrainedEncoder
 
 _DESCRIPTION: Final = """\
 Train, test and use matsci tasks from YAML configuration files.
@@ -61,6 +60,46 @@ class _DescriptionAsWritten(RawDescriptionHelpFormatter, DefaultHelpFormatter):
     """jsonargparse's help, with the description's line breaks kept."""
 
 
+class _MatsciParser(ShortErrorParser):
+    """The CLI's parser: short errors, and checkpoint hyperparameters that keep the model class.
+
+    With ``--ckpt_path``, Lightning's CLI merges the checkpoint's ``hyper_parameters`` (the
+    task's constructor arguments) into the model config as ``{subcommand: {"model": hparams}}``
+    on the root parser. The model is chosen by ``class_path`` (subclass mode), and jsonargparse
+    applies a value without ``class_path`` to the configured class only when the subcommand's
+    parser gets it, not the root parser ("Option 'lr' is not accepted"). The class path of the
+    configured model is therefore added here, so the arguments are checked against that
+    class's signature and the model is rebuilt exactly as it was trained.
+    """
+
+    @override
+    def parse_object(
+        self,
+        obj: Namespace | dict[str, Any],
+        namespace: Namespace | None = None,
+        env: bool | None = None,
+        defaults: bool = True,
+        **kwargs: Any,
+    ) -> Namespace:
+        if isinstance(obj, dict) and namespace is not None:
+            obj = {key: _with_model_class(value, namespace.get(key)) for key, value in obj.items()}
+        parsed: Namespace = super().parse_object(obj, namespace, env, defaults, **kwargs)
+        return parsed
+
+
+def _with_model_class(value: Any, configured: Any) -> Any:
+    """``{"model": {args}}`` as ``{"model": {"class_path": <configured>, "init_args": args}}``."""
+    if not (isinstance(value, dict) and isinstance(configured, Namespace)):
+        return value
+    model, current = value.get("model"), configured.get("model")
+    if not isinstance(model, dict) or "class_path" in model or not isinstance(current, Namespace):
+        return value
+    class_path = current.get("class_path")
+    if class_path is None:
+        return value
+    return {**value, "model": {"class_path": class_path, "init_args": model}}
+
+
 class MatsciCLI(LightningCLI):
     """``LightningCLI`` for matsci: the ``fit``, ``validate`` and ``test`` subcommands.
 
@@ -69,12 +108,14 @@ class MatsciCLI(LightningCLI):
 
     - ``seed_everything: 0``, and the resolved config saved as ``config.yaml`` in each run;
     - logs in ``<runs_dir>/<run_name>/version_N`` (CSV and TensorBoard in one folder) unless
-      ``trainer.logger`` is set; ``run_name`` defaults to the config file's name;
+      ``trainer.logger`` is set; ``run_name`` defaults to the config file's name; with
+      ``trainer.default_root_dir`` a relative ``runs_dir`` is taken inside that folder;
     - ``model_checkpoint``: the best (lowest ``val/loss``) and the last checkpoint, as
       ``checkpoints/best.ckpt`` and ``checkpoints/last.ckpt``;
-    - ``normalizers``: :class:`FitNormalizers` fits the task's normalizers on the training data
-      at the start of a fresh fit (not when resuming with ``ckpt_path``);
-    - ``pretrained_encoder``: :class:`PretrainedEncoder` starts from another run's encoder;
+    - ``normalizers``: :class:`~matsci.training.FitNormalizers` fits the task's normalizers on
+      the training data at the start of a fresh fit (not when resuming with ``ckpt_path``);
+    - ``pretrained_encoder``: :class:`~matsci.training.PretrainedEncoder` starts from another
+      run's encoder;
     - a check at setup that the data holds every target key of the model;
     - after ``fit``, ``test`` of the best checkpoint (``test_after_fit``); after ``test``, a
       table of test metrics with units, parity plots and a learning curve (``plots``) in the
@@ -100,7 +141,9 @@ class MatsciCLI(LightningCLI):
             subclass_mode_data=True,
             save_config_kwargs={"overwrite": True},
             seed_everything_default=0,
-            parser_class=ShortErrorParser,
+            parser_class=_MatsciParser,
+            # config.yaml keeps the config as given ("bundled:emt", not the resolved path).
+            save_config_callback=_SaveConfigAsGiven,
             parser_kwargs={
                 "prog": "matsci",
                 "description": _DESCRIPTION,
@@ -121,15 +164,6 @@ class MatsciCLI(LightningCLI):
         commands = dict(LightningCLI.subcommands())
         commands.pop("predict")
         return commands
-
-    def _parse_ckpt_path(self) -> None:
-        """Keep the model config as given: do not merge the checkpoint's hyperparameters into it.
-
-        Lightning's CLI would parse a checkpoint's hyperparameters as model arguments; the
-        plain-data hyperparameters of matsci tasks (per-key loss configs, ...) are what the
-        task made of its arguments, not arguments. The weights, normalizers included, still
-        come from the checkpoint.
-        """
 
     @override
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -169,8 +203,13 @@ class MatsciCLI(LightningCLI):
 
     @override
     def before_instantiate_classes(self) -> None:
-        """Name the run, refuse encoder instances in configs, and prepare the fixed callbacks."""
-        config = self.config[self.subcommand] if self.subcommand else self.config
+        """Name the run, refuse encoder instances, prepare the fixed callbacks, resolve names.
+
+        ``"bundled:<name>"`` strings become the paths of the bundled databases in
+        ``self.config`` (what is instantiated); ``config.yaml`` and the checkpoints' run record
+        keep the config as given.
+        """
+        config = self._subcommand_config(self.config)
         if config.get("run_name") is None:
             files = config.get("config") or []
             config.run_name = Path(str(files[0])).stem if files else "matsci"
@@ -180,25 +219,23 @@ class MatsciCLI(LightningCLI):
                 "model.init_args.encoder: give encoder_class and encoder_kwargs instead, so "
                 "checkpoints can rebuild the encoder"
             )
-        parser = self._parser(self.subcommand)
-        dumped = parser.dump(config, format="json", skip_unset=False)
-        self.trainer_defaults["callbacks"] = [CheckTargets(), RunInfo(dumped)]
-
-    @override
-    def instantiate_classes(self) -> None:
-        """Instantiate from a copy of the config in which ``bundled:`` names are paths."""
-        self.config_init = self.parser.instantiate(resolve_bundled(self.config))
-        self.datamodule = self._get(self.config_init, "data")
-        self.model = self._get(self.config_init, "model")
-        self.trainer = self.instantiate_trainer()
+        dumped = json.loads(self.parser.dump(self.config, format="json", skip_unset=False))
+        run_config = json.dumps(dumped[self.subcommand] if self.subcommand else dumped)
+        self.trainer_defaults["callbacks"] = [CheckTargets(), RunInfo(run_config)]
+        self.save_config_kwargs["given"] = config.clone()
+        self.config = resolve_bundled(self.config)
 
     @override
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """The trainer, with CSV and TensorBoard loggers in one run folder by default."""
-        trainer_config = self._get(self.config_init, "trainer", default={})
+        trainer_config = self._subcommand_config(self.config_init).get("trainer") or {}
         if trainer_config.get("logger") in (None, True) and "logger" not in kwargs:
-            config = self.config[self.subcommand] if self.subcommand else self.config
-            runs_dir, name = str(config.runs_dir), str(config.run_name)
+            config = self._subcommand_config(self.config)
+            runs_dir = Path(str(config.runs_dir))
+            root = trainer_config.get("default_root_dir")
+            if root is not None and not runs_dir.is_absolute():
+                runs_dir = Path(str(root)) / runs_dir  # the Trainer's folder holds the runs
+            name = str(config.run_name)
             version = next_version(runs_dir, name)
             kwargs["logger"] = [
                 CSVLogger(runs_dir, name=name, version=version),
@@ -209,6 +246,11 @@ class MatsciCLI(LightningCLI):
         callbacks: list[Callback] = trainer.callbacks  # type: ignore[attr-defined]
         callbacks.sort(key=lambda callback: not isinstance(callback, CheckTargets))
         return trainer
+
+    def _subcommand_config(self, config: Namespace) -> Namespace:
+        """The part of a parsed config that belongs to the subcommand being run."""
+        part: Namespace = config[self.subcommand] if self.subcommand else config
+        return part
 
     def after_fit(self) -> None:
         """Test the best checkpoint, report its metrics and write the plots."""
@@ -275,17 +317,19 @@ class MatsciCLI(LightningCLI):
         if datamodule is None:
             return []
         model.eval()
-        dataset_tasks = getattr(model, "dataset_tasks", None)
-        datasets = getattr(datamodule, "datasets", None)
-        if isinstance(dataset_tasks, Mapping) and isinstance(datasets, Mapping):
+        if isinstance(model, MultiTaskLitModule):
+            datasets = getattr(datamodule, "datasets", None)
+            if not isinstance(datasets, Mapping):
+                return []
             written: list[Path] = []
-            for dataset, task_ids in dataset_tasks.items():
+            for dataset, task_ids in model.dataset_tasks.items():
                 for task_id in task_ids:
-                    task = model.task(task_id)
                     loader = datasets[dataset].test_dataloader()
-                    written += write_parity_plots(task, loader, folder, prefix=f"{task_id}/")
+                    written += write_parity_plots(
+                        model.task(task_id), loader, folder, prefix=f"{task_id}/"
+                    )
             return written
-        if not hasattr(model, "task_keys"):
+        if not isinstance(model, BaseTaskModule):
             return []
         return write_parity_plots(model, datamodule.test_dataloader(), folder)
 
@@ -304,6 +348,19 @@ class MatsciCLI(LightningCLI):
             if metrics_csv.is_file() and learning_curve_plot(metrics_csv, path):
                 return path
         return None
+
+
+class _SaveConfigAsGiven(SaveConfigCallback):
+    """Lightning's ``config.yaml`` writer, given the config before ``bundled:`` names resolve."""
+
+    def __init__(
+        self,
+        parser: LightningArgumentParser,
+        config: Namespace,
+        given: Namespace | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(parser, config if given is None else given, **kwargs)
 
 
 def main(args: Sequence[str] | None = None) -> None:

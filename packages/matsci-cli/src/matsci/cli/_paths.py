@@ -1,4 +1,4 @@
-"""Paths in configs: the bundled example data, run folders and checkpoints."""
+"""Paths in configs: the bundled example data and run folders."""
 
 from __future__ import annotations
 
@@ -92,47 +92,3 @@ def next_version(runs_dir: str | Path, name: str) -> int:
         if path.is_dir() and (match := _VERSION.fullmatch(path.name)) is not None
     ]
     return max(versions, default=-1) + 1
-
-
-def find_checkpoint(path: str | Path) -> Path:
-    """A checkpoint file, or the best (else last) checkpoint of a run folder's newest version.
-
-    ``runs/denoise_pretrain`` becomes ``runs/denoise_pretrain/version_N/checkpoints/best.ckpt``
-    for the largest ``N`` that has one, so a fine-tuning config can name the pretraining run.
-
-    Parameters
-    ----------
-    path
-        A ``.ckpt`` file, a run version folder or a run name folder.
-
-    Returns
-    -------
-    Path
-        The checkpoint file.
-
-    Raises
-    ------
-    ConfigError
-        If nothing fits.
-    """
-    given = Path(path)
-    if given.is_file():
-        return given
-    if not given.is_dir():
-        raise ConfigError(f"checkpoint {str(given)!r}: no such file or folder")
-    folders = [given] if (given / "checkpoints").is_dir() else []
-    versions = [
-        (int(match.group(1)), folder)
-        for folder in given.glob("version_*")
-        if (match := _VERSION.fullmatch(folder.name)) is not None
-    ]
-    folders += [folder for _, folder in sorted(versions, reverse=True)]
-    for folder in folders:
-        for name in ("best.ckpt", "last.ckpt"):
-            candidate = folder / "checkpoints" / name
-            if candidate.is_file():
-                return candidate
-    raise ConfigError(
-        f"checkpoint {str(given)!r}: no checkpoints/best.ckpt or checkpoints/last.ckpt in it or "
-        "in its version_N folders; has its training run finished?"
-    )

@@ -16,7 +16,6 @@ import numpy as np
 import torch
 from ase import Atoms
 from jsonargparse import ArgumentParser, Namespace
-from lightning.pytorch import LightningModule
 from torch import Tensor
 from torch_geometric.data import Batch
 from torch_geometric.loader import DataLoader
@@ -24,8 +23,10 @@ from torch_geometric.transforms import BaseTransform, Compose
 
 from matsci.cli._errors import ConfigError, ShortErrorParser
 from matsci.cli._run_info import CHECKPOINT_KEY
-from matsci.contract import import_class, keys
+from matsci.contract import keys
 from matsci.data import AseDbDataset, ExtxyzDataset
+from matsci.tasks.core import BaseTaskModule, MultiTaskLitModule
+from matsci.training import LoadedModel, load_model
 
 _DB_SUFFIXES: Final = (".db",)
 _XYZ_SUFFIXES: Final = (".xyz", ".extxyz")
@@ -138,8 +139,10 @@ def predict_to_file(
     Raises
     ------
     ConfigError
-        On a missing or foreign checkpoint, an unknown file type, or an output that is the
-        input.
+        On a missing checkpoint, one not written by ``matsci fit``, an unknown file type, or
+        an output that is the input.
+    ValueError
+        If the file is not a matsci checkpoint (see :func:`~matsci.training.load_model`).
     """
     data_path, output_path = Path(data), Path(output)
     if output_path.suffix not in _CSV_SUFFIXES + _DB_SUFFIXES:
@@ -148,10 +151,10 @@ def predict_to_file(
         )
     if output_path.exists() and output_path.resolve() == data_path.resolve():
         raise ConfigError(f"predict --output {str(output_path)!r} is the input file")
-    model, transform = load_for_prediction(ckpt_path, dataset=dataset)
+    loaded, transform = load_for_prediction(ckpt_path, dataset=dataset)
     structures = _dataset(data_path, transform)
-    model = model.to(torch.device(device)).eval()
-    predict, levels = _predictor(model, dataset)
+    loaded.module.to(torch.device(device)).eval()
+    predict, levels = _predictor(loaded, dataset)
     rows = list(_predict_rows(predict, levels, structures, batch_size, torch.device(device)))
     if output_path.suffix in _CSV_SUFFIXES:
         _write_csv(rows, output_path)
@@ -162,11 +165,12 @@ def predict_to_file(
 
 def load_for_prediction(
     ckpt_path: str | Path, *, dataset: str | None = None
-) -> tuple[LightningModule, BaseTransform | None]:
+) -> tuple[LoadedModel, BaseTransform | None]:
     """The model of a ``matsci fit`` checkpoint and the transform of its training data.
 
-    A data module with a ``pre_transform`` and a ``transform`` gives both, composed in that
-    order (the order the data module applies them).
+    The checkpoint is read once, by :func:`~matsci.training.load_model`. A data module with a
+    ``pre_transform`` and a ``transform`` gives both, composed in that order (the order the
+    data module applies them).
 
     Parameters
     ----------
@@ -178,39 +182,40 @@ def load_for_prediction(
     Returns
     -------
     tuple
-        ``(model, transform)``; the transform is ``None`` if the data had none.
+        ``(loaded, transform)``: the :class:`~matsci.training.LoadedModel`, and the transform
+        (``None`` if the data had none).
 
     Raises
     ------
     ConfigError
         If the file is missing or was not written by ``matsci fit``.
+    ValueError
+        If the file is not a matsci checkpoint.
     """
     path = Path(ckpt_path)
     if not path.is_file():
         raise ConfigError(f"predict --ckpt_path {str(path)!r}: no such file")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    info = checkpoint.get(CHECKPOINT_KEY)
-    if not isinstance(info, dict):
+    loaded = load_model(path)
+    info = loaded.records.get(CHECKPOINT_KEY)
+    if not isinstance(info, dict) or not isinstance(info.get("config"), str):
         raise ConfigError(
             f"predict --ckpt_path {str(path)!r}: not written by `matsci fit` (no "
-            f"{CHECKPOINT_KEY!r} entry naming the model class and data transform)"
+            f"{CHECKPOINT_KEY!r} entry with the run's config, which names the data transform)"
         )
-    cls = import_class(info["model_class"], LightningModule, argument="model_class")
-    model = cls.load_from_checkpoint(path, map_location="cpu")
     config = json.loads(info["config"])
     data_args = (config.get("data") or {}).get("init_args") or {}
     datasets = data_args.get("datasets")
-    if isinstance(datasets, dict):
-        name = _dataset_name(model, dataset)
+    if isinstance(loaded.module, MultiTaskLitModule) and isinstance(datasets, dict):
+        name = _dataset_name(loaded.module, dataset)
         data_args = (datasets.get(name) or {}).get("init_args") or {}
     transforms = [_transform(data_args.get(name)) for name in ("pre_transform", "transform")]
     present = [transform for transform in transforms if transform is not None]
-    return model, (Compose(present) if len(present) > 1 else next(iter(present), None))
+    return loaded, (Compose(present) if len(present) > 1 else next(iter(present), None))
 
 
-def _dataset_name(model: LightningModule, dataset: str | None) -> str:
+def _dataset_name(model: MultiTaskLitModule, dataset: str | None) -> str:
     """The multi-task dataset to predict for: the one given, or the only one."""
-    names = [str(name) for name in getattr(model, "dataset_names", [])]
+    names = [str(name) for name in model.dataset_names]
     if dataset is None and len(names) == 1:
         return names[0]
     if dataset is None or dataset not in names:
@@ -220,22 +225,22 @@ def _dataset_name(model: LightningModule, dataset: str | None) -> str:
 
 
 def _predictor(
-    model: LightningModule, dataset: str | None
+    loaded: LoadedModel, dataset: str | None
 ) -> tuple[Callable[[Batch], dict[str, Tensor]], dict[str, str]]:
     """A function from a batch to ``{column: prediction}``, and each target key's level."""
-    if not hasattr(model, "dataset_tasks"):
-        specs = model.target_specs()  # type: ignore[operator]
-        return model.predict, {spec.name: spec.level for spec in specs}  # type: ignore[return-value]
+    model = loaded.module
+    if not isinstance(model, MultiTaskLitModule):
+        assert isinstance(model, BaseTaskModule)
+        return model.predict, {spec.name: spec.level for spec in model.target_specs()}
     name = _dataset_name(model, dataset)
     levels: dict[str, str] = {}
-    dataset_tasks: dict[str, list[str]] = model.dataset_tasks  # type: ignore[assignment]
-    for task_id in dataset_tasks[name]:
-        task = model.task(task_id)  # type: ignore[operator]
+    for task_id in model.dataset_tasks[name]:
         task_name = task_id.split("/", 1)[1]
-        levels.update({f"{task_name}_{s.name}": s.level for s in task.target_specs()})
+        specs = model.task(task_id).target_specs()
+        levels.update({f"{task_name}_{spec.name}": spec.level for spec in specs})
 
     def predict(batch: Batch) -> dict[str, Tensor]:
-        by_task = model.predict({name: batch})[name]  # type: ignore[operator]
+        by_task = model.predict({name: batch})[name]
         return {
             f"{task}_{key}": value
             for task, outputs in by_task.items()

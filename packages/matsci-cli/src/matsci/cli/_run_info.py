@@ -1,4 +1,4 @@
-"""Store what ``matsci predict`` needs in every checkpoint: the model class and the config."""
+"""Store what ``matsci predict`` needs besides the model in every checkpoint: the run's config."""
 
 from __future__ import annotations
 
@@ -8,15 +8,16 @@ import lightning.pytorch as pl
 from typing_extensions import override
 
 CHECKPOINT_KEY: Final = "matsci_cli"
-"""Key of the checkpoint entry ``{"model_class": str, "config": str}`` (config as JSON text)."""
+"""Key of the checkpoint entry ``{"config": str}`` (the run's config as JSON text)."""
 
 
 class RunInfo(pl.Callback):
-    """Add the model's class path and the run's resolved config (JSON text) to checkpoints.
+    """Add the run's config (JSON text) to checkpoints.
 
-    A checkpoint then says how to rebuild the model and its data transform, so
-    ``matsci predict --ckpt_path ...`` needs nothing else. Only plain data is stored, so the
-    checkpoint still loads with ``weights_only=True``.
+    The module records its own class (``checkpoint["matsci"]``, read by
+    :func:`~matsci.training.load_model`); with the config a checkpoint also says how to
+    rebuild the data transform, so ``matsci predict --ckpt_path ...`` needs nothing else. Only
+    plain data is stored, so the checkpoint still loads with ``weights_only=True``.
 
     Parameters
     ----------
@@ -37,11 +38,7 @@ class RunInfo(pl.Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
         """Write the entry into the checkpoint being saved."""
-        cls = type(pl_module)
-        checkpoint[CHECKPOINT_KEY] = {
-            "model_class": f"{cls.__module__}.{cls.__qualname__}",
-            "config": self.config,
-        }
+        checkpoint[CHECKPOINT_KEY] = {"config": self.config}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"

@@ -3,8 +3,9 @@
 Every other matsci package depends on this one and on nothing above it: heads, transforms,
 encoders, datasets and tasks agree here on what a batch holds (:mod:`matsci.contract.keys`,
 :class:`AttributeSpec`, :func:`validate_batch`), what an encoder returns (:class:`Embeddings`,
-:class:`Encoder`), what dataset statistics are (:class:`DatasetStatistics`), and how a dotted
-class name becomes a class (:func:`import_class` and its companions).
+:class:`Encoder`), what dataset statistics are (:class:`DatasetStatistics`) and how they are
+computed (:class:`StreamingMoments`, :class:`StreamingRMS`, :class:`ReferenceEnergyFit`), and how
+a dotted class name becomes a class (:func:`import_class` and its companions).
 """
 
 from importlib.metadata import version as _version
@@ -16,11 +17,18 @@ from matsci.contract._resolver import (
     build_from_config,
     class_path,
     import_class,
+    instance_config,
     module_config,
     to_plain,
 )
 from matsci.contract._schema import STRUCTURE_SPECS, AttributeSpec, validate_batch
-from matsci.contract._statistics import NUM_ELEMENTS, DatasetStatistics
+from matsci.contract._statistics import (
+    NUM_ELEMENTS,
+    DatasetStatistics,
+    ReferenceEnergyFit,
+    StreamingMoments,
+    StreamingRMS,
+)
 
 __version__ = _version("matsci-contract")
 
@@ -32,10 +40,14 @@ __all__ = [
     "DatasetStatistics",
     "Embeddings",
     "Encoder",
+    "ReferenceEnergyFit",
+    "StreamingMoments",
+    "StreamingRMS",
     "__version__",
     "build_from_config",
     "class_path",
     "import_class",
+    "instance_config",
     "keys",
     "module_config",
     "to_plain",

@@ -241,6 +241,59 @@ def _init_args_of(instance: nn.Module, argument: str) -> dict[str, Any]:
     return init_args
 
 
+def instance_config(instance: nn.Module, *, argument: str) -> ClassConfig:
+    """Describe a module instance by its class and every argument it was built with.
+
+    Stricter than :func:`module_config`: an instance that keeps its constructor arguments in an
+    ``init_args`` mapping is described by it; otherwise every constructor parameter must be
+    readable as an attribute of the same name (a parameter left at its default is still read,
+    so that a changed attribute is never mistaken for the default). This is how a task records
+    an encoder given as an instance, so that a checkpoint alone rebuilds the same encoder.
+
+    Parameters
+    ----------
+    instance
+        The module.
+    argument
+        Named in error messages.
+
+    Returns
+    -------
+    ClassConfig
+        ``{"class_path": ..., "init_args": ...}`` in plain data.
+
+    Raises
+    ------
+    ValueError
+        If the class is defined inside a function, or an argument cannot be read back or is
+        not plain data.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from matsci.contract import instance_config
+    >>> instance_config(torch.nn.Dropout(p=0.25), argument="encoder")
+    {'class_path': 'torch.nn.modules.dropout.Dropout', 'init_args': {'p': 0.25, 'inplace': False}}
+    """
+    path = class_path(type(instance))
+    recorded = getattr(instance, "init_args", None)
+    if isinstance(recorded, Mapping):
+        return {"class_path": path, "init_args": to_plain(dict(recorded), argument=argument)}
+    signature = inspect.signature(type(instance).__init__)
+    init_args: dict[str, Any] = {}
+    for name, parameter in signature.parameters.items():
+        if name == "self" or parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
+            continue
+        if not hasattr(instance, name):
+            raise ValueError(
+                f"{argument}: {type(instance).__qualname__} keeps no attribute {name!r}, so the "
+                "argument it was built with cannot be read back; give the instance an "
+                "'init_args' dict of its constructor arguments"
+            )
+        init_args[name] = to_plain(getattr(instance, name), argument=f"{argument}.{name}")
+    return {"class_path": path, "init_args": init_args}
+
+
 def build_from_config(config: ClassConfig, base: type[T], *, argument: str, **extra: Any) -> T:
     """Instantiate a :data:`ClassConfig`, turning list arguments back into tensors where needed.
 

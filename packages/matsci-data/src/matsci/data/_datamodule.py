@@ -18,6 +18,7 @@ from matsci.data._datasets import AseDbDataset, ExtxyzDataset, Transform
 from matsci.data._device_transfer import SkipsTransferWhenThere
 from matsci.data._distributed_sampler import UnpaddedDistributedSampler
 from matsci.data._resumable_loader import ResumableDataLoader
+from matsci.data._statistics import DatasetStatistics, compute_statistics
 from matsci.transforms import PeriodicRadiusGraph
 
 __all__ = ["AtomsDataModule"]
@@ -287,6 +288,67 @@ class AtomsDataModule(SkipsTransferWhenThere):
                 "(the Trainer does)"
             )
         return self._make_loader(self._predict_dataset, shuffle=False)
+
+    def statistics(
+        self,
+        keys: Sequence[str] | None = None,
+        cutoff: float | None = None,
+        elements: Sequence[int] | None = None,
+    ) -> DatasetStatistics:
+        """Statistics of the train split, in one streaming pass, for setting tasks up.
+
+        Runs :func:`~matsci.data.compute_statistics` over the train split in file order, in
+        batches of ``batch_size`` read by ``num_workers`` workers. Every DDP rank reads the
+        whole split (no distributed sampler), so every rank gets the same numbers.
+
+        Parameters
+        ----------
+        keys : sequence of str, optional
+            Targets to describe; by default the module's ``keys`` (or, without them, every
+            target of the first structure).
+        cutoff : float, optional
+            Radius (Å) for the average neighbour count of structures without ``edge_index``.
+        elements : sequence of int, optional
+            Atomic numbers the model should cover; those without data are reported missing.
+
+        Returns
+        -------
+        DatasetStatistics
+            As :func:`~matsci.data.compute_statistics` returns it.
+
+        Raises
+        ------
+        RuntimeError
+            If :meth:`setup` has not run.
+        ValueError
+            As :func:`~matsci.data.compute_statistics`, e.g. for an empty train split.
+
+        Examples
+        --------
+        >>> import tempfile, pathlib, ase.db
+        >>> from ase.build import bulk
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "five.db"
+        >>> with ase.db.connect(path) as db:
+        ...     for i in range(5):
+        ...         _ = db.write(bulk("Cu"), target=float(i))
+        >>> module = AtomsDataModule(path, keys=["target"], split=[1.0, 0.0, 0.0])
+        >>> module.setup("fit")
+        >>> stats = module.statistics()
+        >>> stats.mean["target"], stats.std["target"]
+        (tensor([2.], dtype=torch.float64), tensor([1.4142], dtype=torch.float64))
+        """
+        if self.dataset is None:
+            raise RuntimeError(
+                "AtomsDataModule: call setup() before statistics() (the Trainer does)"
+            )
+        loader = DataLoader(
+            Subset(self.dataset, self.split_indices["train"]),
+            batch_size=self.batch_size,
+            num_workers=self.num_workers,
+        )
+        return compute_statistics(
+            loader, keys=self.keys if keys is None else keys, cutoff=cutoff, elements=elements
+        )
 
     def __repr__(self) -> str:
         return (

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Final, Literal
 
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities.combined_loader import CombinedLoader
 from typing_extensions import override
 
+from matsci.contract import DatasetStatistics
 from matsci.data._device_transfer import SkipsTransferWhenThere
 
 __all__ = ["MultiDataModule"]
@@ -121,3 +122,54 @@ class MultiDataModule(SkipsTransferWhenThere):
     def predict_dataloader(self) -> Any:
         """The datasets' predict loaders, one after the other."""
         return self._combined("predict_dataloader", "sequential")
+
+    def statistics(
+        self,
+        keys: Mapping[str, Sequence[str] | None] | None = None,
+        cutoff: float | None = None,
+        elements: Sequence[int] | None = None,
+    ) -> dict[str, DatasetStatistics]:
+        """The statistics of each dataset's train split, one streaming pass per dataset.
+
+        Calls each data module's ``statistics`` (see
+        :meth:`~matsci.data.AtomsDataModule.statistics`).
+
+        Parameters
+        ----------
+        keys : mapping of str to sequence of str, optional
+            Targets per dataset name; a dataset left out (or given ``None``) uses its module's
+            default.
+        cutoff : float, optional
+            Radius (Å) for average neighbour counts, for every dataset.
+        elements : sequence of int, optional
+            Atomic numbers the model should cover, for every dataset.
+
+        Returns
+        -------
+        dict
+            ``{dataset_name: DatasetStatistics}``.
+
+        Raises
+        ------
+        ValueError
+            If ``keys`` names an unknown dataset.
+        TypeError
+            If a dataset's module has no ``statistics`` method.
+        """
+        chosen = dict(keys or {})
+        unknown = sorted(set(chosen) - set(self.datasets))
+        if unknown:
+            raise ValueError(
+                f"MultiDataModule.statistics(keys=...): unknown datasets {unknown}; the "
+                f"datasets are {sorted(self.datasets)}"
+            )
+        statistics: dict[str, DatasetStatistics] = {}
+        for name, module in self.datasets.items():
+            method = getattr(module, "statistics", None)
+            if not callable(method):
+                raise TypeError(
+                    f"MultiDataModule.statistics: dataset {name!r} is a {type(module).__name__}, "
+                    "which has no statistics() method"
+                )
+            statistics[name] = method(keys=chosen.get(name), cutoff=cutoff, elements=elements)
+        return statistics

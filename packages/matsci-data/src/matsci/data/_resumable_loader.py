@@ -4,18 +4,21 @@ Lightning saves the ``state_dict()`` of every training loader that has one and, 
 calls ``load_state_dict()`` before the loader is iterated again. This loader stores the epoch
 of its sampler and how many batches it has handed out, and on resume skips those batches in
 index space (no structure is read twice), so a run killed mid-epoch continues with exactly the
-batches the uninterrupted run would have seen. The shuffled order depends only on ``seed`` and
-the epoch (:class:`SeededRandomSampler`), never on the global random state.
+batches the uninterrupted run would have seen. Only public ``DataLoader`` API is used: the
+resumed pass is a one-off loader with the same settings whose batch sampler leaves the seen
+batches out. The shuffled order depends only on ``seed`` and the epoch
+(:class:`SeededRandomSampler`), never on the global random state.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator, Sequence, Sized
+from collections.abc import Iterable, Iterator, Sequence, Sized
 from typing import Any
 
 import torch
-from torch.utils.data import RandomSampler
+from torch.utils.data import DataLoader as TorchDataLoader
+from torch.utils.data import RandomSampler, Sampler
 from torch_geometric.loader import DataLoader
 
 __all__ = ["ResumableDataLoader", "SeededRandomSampler"]
@@ -75,7 +78,9 @@ class ResumableDataLoader(DataLoader):  # type: ignore[misc]  # PyG ships no typ
 
     Exact continuation needs a deterministic order for the epoch (this sampler, Lightning's
     ``DistributedSampler``, or no shuffling) and a sized dataset. Random transforms that run in
-    worker processes (``num_workers > 0``) draw new numbers after a resume.
+    worker processes (``num_workers > 0``) draw new numbers after a resume. The resumed pass
+    starts worker processes of its own, even with ``persistent_workers``; later passes use the
+    loader's.
 
     Parameters
     ----------
@@ -140,7 +145,6 @@ class ResumableDataLoader(DataLoader):  # type: ignore[misc]  # PyG ships no typ
         self.seed = int(seed)
         self._served = 0  # batches handed out (or skipped) in the current pass
         self._skip = 0  # batches the next pass skips, set by load_state_dict
-        self._skip_now = 0  # batches the current pass skips
 
     def state_dict(self) -> dict[str, int]:
         """The sampler's epoch and the batches handed out so far in this pass.
@@ -190,11 +194,12 @@ class ResumableDataLoader(DataLoader):  # type: ignore[misc]  # PyG ships no typ
         self._skip = batches
 
     def __iter__(self) -> Any:
-        self._skip_now, self._skip = self._skip, 0
-        self._served = self._skip_now
+        skip, self._skip = self._skip, 0
+        self._served = skip
         if self._own_generator:  # worker seeds from (seed, epoch), not from the global state
             self.generator = torch.Generator().manual_seed(_epoch_seed(self.seed, self._epoch()))
-        return self._counting(super().__iter__())
+        batches = super().__iter__() if skip == 0 else iter(self._resumed_pass(skip))
+        return self._counting(batches)
 
     def _counting(self, batches: Iterator[Any]) -> Iterator[Any]:
         for batch in batches:
@@ -204,27 +209,46 @@ class ResumableDataLoader(DataLoader):  # type: ignore[misc]  # PyG ships no typ
     def _epoch(self) -> int:
         return int(getattr(self.sampler, "epoch", 0))
 
-    @property
-    def _index_sampler(self) -> Any:
-        # torch's iterators read the batches of indices from this property; the wrapper drops
-        # the batches a resumed pass has already seen before any of them is loaded.
-        return _SkipFirstBatches(super()._index_sampler, self)
+    def _resumed_pass(self, skip: int) -> TorchDataLoader[Any]:
+        """A one-pass loader with this loader's settings that leaves out the first batches.
+
+        Its batch sampler wraps this loader's (or, without automatic batching, its sampler),
+        so the skipped batches are dropped as indices, before anything is read. The pass runs
+        its own worker processes (never persistent ones); the worker seeds come from this
+        loader's generator as in an uninterrupted pass.
+        """
+        options: dict[str, Any] = {
+            "num_workers": self.num_workers,
+            "collate_fn": self.collate_fn,
+            "pin_memory": self.pin_memory,
+            "timeout": self.timeout,
+            "worker_init_fn": self.worker_init_fn,
+            "multiprocessing_context": self.multiprocessing_context,
+            "generator": self.generator,
+            "prefetch_factor": self.prefetch_factor,
+            "pin_memory_device": self.pin_memory_device,
+        }
+        if hasattr(self, "in_order"):  # torch >= 2.6
+            options["in_order"] = self.in_order
+        if self.batch_sampler is not None:
+            batches = _SkipFirst(self.batch_sampler, skip)
+            return TorchDataLoader(self.dataset, batch_sampler=batches, **options)
+        items = _SkipFirst(self.sampler, skip)  # batch_size=None: one item per batch
+        return TorchDataLoader(self.dataset, batch_size=None, sampler=items, **options)
 
 
-class _SkipFirstBatches:
-    """Iterates a (batch) sampler, leaving out the first batches its loader says to skip."""
+class _SkipFirst(Sampler[Any]):
+    """Iterates a (batch) sampler without its first ``skip`` entries."""
 
-    def __init__(self, sampler: Any, loader: ResumableDataLoader) -> None:
+    def __init__(self, sampler: Iterable[Any], skip: int) -> None:
         self.sampler = sampler
-        self.loader = loader
+        self.skip = skip
 
     def __iter__(self) -> Iterator[Any]:
-        # torch may iterate the index sampler twice when it starts a pass (worker processes):
-        # each time, the pass's skip applies.
-        return itertools.islice(iter(self.sampler), self.loader._skip_now, None)
+        return itertools.islice(iter(self.sampler), self.skip, None)
 
     def __len__(self) -> int:
-        return len(self.sampler)
+        return max(len(self.sampler) - self.skip, 0)  # type: ignore[arg-type]
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:

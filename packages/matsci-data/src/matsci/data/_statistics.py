@@ -3,13 +3,14 @@ r"""Dataset statistics for normalization, computed in one streaming pass.
 
 Per-key mean and standard deviation, force RMS, average neighbour count and per-element
 reference energies fitted by least squares on composition,
-:math:`E_b \approx \sum_Z n_{bZ} e_Z`, from the accumulated normal equations
-:math:`(A^\top A) e = A^\top E`.
+:math:`E_b \approx \sum_Z n_{bZ} e_Z`. The math is that of :mod:`matsci.contract`
+(:class:`~matsci.contract.StreamingMoments`, :class:`~matsci.contract.StreamingRMS`,
+:class:`~matsci.contract.ReferenceEnergyFit`), the same classes tasks fit their buffers with;
+this module walks a dataset through them.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
 from typing import Final
 
@@ -19,7 +20,13 @@ from ase.neighborlist import primitive_neighbor_list
 from torch import Tensor
 from torch_geometric.data import Data
 
-from matsci.contract import NUM_ELEMENTS, DatasetStatistics
+from matsci.contract import (
+    NUM_ELEMENTS,
+    DatasetStatistics,
+    ReferenceEnergyFit,
+    StreamingMoments,
+    StreamingRMS,
+)
 from matsci.contract import keys as K
 
 __all__ = ["DatasetStatistics", "compute_statistics", "fit_reference_energies"]
@@ -28,86 +35,13 @@ _PTR: Final = "ptr"  # PyG's per-batch offsets
 _NOT_TARGETS: Final = K.STRUCTURE_KEYS | {_PTR}
 
 
-class _Moments:
-    """Running count, mean and sum of squared deviations per column (Chan et al., 1979)."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.mean = torch.zeros(0, dtype=torch.float64)
-        self.m2 = torch.zeros(0, dtype=torch.float64)
-
-    def update(self, rows: Tensor, key: str) -> None:
-        """Merge ``rows`` [R, k]."""
-        if rows.shape[0] == 0:
-            return
-        if self.count and rows.shape[1] != self.mean.shape[0]:
-            raise ValueError(
-                f"compute_statistics: key {key!r} has {rows.shape[1]} columns in one batch and "
-                f"{self.mean.shape[0]} in an earlier one"
-            )
-        count = rows.shape[0]
-        mean = rows.mean(dim=0)
-        m2 = ((rows - mean) ** 2).sum(dim=0)
-        if not self.count:
-            self.count, self.mean, self.m2 = count, mean, m2
-            return
-        total = self.count + count
-        delta = mean - self.mean
-        self.mean = self.mean + delta * (count / total)
-        self.m2 = self.m2 + m2 + delta**2 * (self.count * count / total)
-        self.count = total
-
-
-class _ReferenceFit:
-    """Normal equations of the composition fit, accumulated over batches.
-
-    ``A`` [B, Z] holds atom counts per element, ``y`` [B] total energies, ``w = 1/N²`` weights
-    the per-atom residual.
-    """
-
-    def __init__(self) -> None:
-        self.ata = torch.zeros(NUM_ELEMENTS, NUM_ELEMENTS, dtype=torch.float64)
-        self.aty = torch.zeros(NUM_ELEMENTS, dtype=torch.float64)
-        self.w_ata = torch.zeros_like(self.ata)
-        self.w_aty = torch.zeros_like(self.aty)
-        self.w_yy = 0.0
-        self.count = 0
-
-    def update(self, counts: Tensor, energies: Tensor) -> None:
-        weights = counts.sum(dim=1).clamp(min=1.0) ** -2  # [B]
-        self.ata += counts.T @ counts
-        self.aty += counts.T @ energies
-        self.w_ata += counts.T @ (counts * weights[:, None])
-        self.w_aty += counts.T @ (energies * weights)
-        self.w_yy += float((energies**2 * weights).sum())
-        self.count += counts.shape[0]
-
-    def solve(self) -> tuple[Tensor, float]:
-        """Per-element energies [Z] (min-norm where the fit is degenerate), residual RMS/atom."""
-        present = torch.diagonal(self.ata) > 0
-        solution = torch.zeros(NUM_ELEMENTS, dtype=torch.float64)
-        if self.count == 0:
-            return solution, math.nan
-        reduced = self.ata[present][:, present]
-        fitted = np.linalg.lstsq(reduced.numpy(), self.aty[present].numpy(), rcond=None)[0]
-        solution[present] = torch.from_numpy(fitted)
-        squares = self.w_yy - 2 * solution @ self.w_aty + solution @ self.w_ata @ solution
-        return solution, math.sqrt(max(float(squares), 0.0) / self.count)
-
-
-def _composition(atomic_numbers: Tensor, batch: Tensor, num_structures: int) -> Tensor:
-    """Atom counts per structure and element, [B, 119] float64."""
-    counts = torch.zeros(num_structures, NUM_ELEMENTS, dtype=torch.float64)
-    ones = torch.ones(atomic_numbers.shape[0], dtype=torch.float64)
-    return counts.index_put_((batch, atomic_numbers), ones, accumulate=True)
-
-
 def fit_reference_energies(compositions: Tensor, energies: Tensor) -> Tensor:
     r"""Fit per-element reference energies by least squares on composition.
 
-    Solves :math:`\min_e \sum_b (E_b - \sum_Z n_{bZ} e_Z)^2` over the elements present;
-    a degenerate fit (say, every structure of the same stoichiometry) gets the minimum-norm
-    solution.
+    Solves :math:`\min_e \sum_b (E_b - \sum_Z n_{bZ} e_Z)^2` over the elements present with
+    :class:`~matsci.contract.ReferenceEnergyFit`; a degenerate fit (say, every structure of
+    the same stoichiometry) gets the minimum-norm solution. Structures whose energy is NaN
+    are left out.
 
     Parameters
     ----------
@@ -124,7 +58,7 @@ def fit_reference_energies(compositions: Tensor, energies: Tensor) -> Tensor:
     Raises
     ------
     ValueError
-        If the shapes do not match.
+        If the shapes do not match, or no structure has an energy.
 
     Examples
     --------
@@ -134,21 +68,9 @@ def fit_reference_energies(compositions: Tensor, energies: Tensor) -> Tensor:
     >>> fit_reference_energies(counts, energies)[[13, 29]]
     tensor([-3.0000, -3.5000], dtype=torch.float64)
     """
-    if compositions.dim() != 2 or compositions.shape[1] > NUM_ELEMENTS:
-        raise ValueError(
-            f"fit_reference_energies: compositions of shape {tuple(compositions.shape)}; "
-            f"expected [B, M] with M <= {NUM_ELEMENTS}"
-        )
-    if energies.shape != (compositions.shape[0],):
-        raise ValueError(
-            f"fit_reference_energies: energies of shape {tuple(energies.shape)}; expected "
-            f"[{compositions.shape[0]}] to match compositions"
-        )
-    counts = torch.zeros(compositions.shape[0], NUM_ELEMENTS, dtype=torch.float64)
-    counts[:, : compositions.shape[1]] = compositions.detach().cpu().double()
-    fit = _ReferenceFit()
-    fit.update(counts, energies.detach().cpu().double())
-    return fit.solve()[0]
+    fit = ReferenceEnergyFit()
+    fit.update_compositions(compositions, energies)
+    return fit.solve()
 
 
 def _neighbor_count(item: Data, natoms: Tensor, cutoff: float) -> int:
@@ -174,6 +96,27 @@ def _neighbor_count(item: Data, natoms: Tensor, cutoff: float) -> int:
     return total
 
 
+def _update_moments(moments: dict[str, StreamingMoments], key: str, value: Tensor) -> None:
+    """Stream ``value`` [R, ...] as rows [R, k] into the moments of ``key``."""
+    if value.ndim == 0 or value.shape[0] == 0:
+        if value.ndim == 0:
+            raise ValueError(f"compute_statistics: key {key!r} is a scalar; expected [R, ...]")
+        return
+    rows = value.detach().cpu().double()
+    rows = rows.reshape(rows.shape[0], -1)  # [R, k]
+    known = moments.get(key)
+    if known is None:
+        if rows.shape[1] == 0:
+            raise ValueError(f"compute_statistics: key {key!r} has no columns")
+        known = moments[key] = StreamingMoments(rows.shape[1])
+    elif rows.shape[1] != known.dim:
+        raise ValueError(
+            f"compute_statistics: key {key!r} has {rows.shape[1]} columns in one batch and "
+            f"{known.dim} in an earlier one"
+        )
+    known.update(rows, context=f"compute_statistics: key {key!r}")
+
+
 def compute_statistics(
     data: Iterable[Data],
     keys: Sequence[str] | None = None,
@@ -181,6 +124,10 @@ def compute_statistics(
     elements: Sequence[int] | None = None,
 ) -> DatasetStatistics:
     """Compute normalization statistics in one pass over structures or batches.
+
+    NaN entries of a target (missing values) are left out of every statistic: per column from
+    the means and standard deviations, per component from the force RMS, per structure from
+    the reference energies.
 
     Parameters
     ----------
@@ -203,7 +150,8 @@ def compute_statistics(
     Raises
     ------
     ValueError
-        If an item lacks a requested key, a key's width changes, or there is no data.
+        If an item lacks a requested key, a key's width changes, a target holds an infinite
+        value, or there is no data.
 
     Examples
     --------
@@ -220,11 +168,11 @@ def compute_statistics(
     >>> stats.avg_num_neighbors
     12.0
     """
-    moments: dict[str, _Moments] = {}
-    fit = _ReferenceFit()
+    moments: dict[str, StreamingMoments] = {}
+    references = ReferenceEnergyFit()
+    force_rms = StreamingRMS()
     element_counts = torch.zeros(NUM_ELEMENTS, dtype=torch.long)
     num_structures = num_atoms = 0
-    force_squares, force_components = 0.0, 0
     edges, edge_atoms = 0, 0
     selected: list[str] | None = None if keys is None else list(keys)
 
@@ -235,7 +183,6 @@ def compute_statistics(
             natoms = item[K.NATOMS].detach().cpu().long().reshape(-1)
         else:
             natoms = torch.tensor([n])
-        batch = torch.repeat_interleave(torch.arange(natoms.shape[0]), natoms)
         if selected is None:
             selected = sorted(
                 key
@@ -247,15 +194,12 @@ def compute_statistics(
                 raise ValueError(
                     f"compute_statistics: an item has no {key!r}; it holds {sorted(item.keys())}"
                 )
-            value = item[key].detach().cpu().double()
-            moments.setdefault(key, _Moments()).update(value.reshape(value.shape[0], -1), key)
+            _update_moments(moments, key, item[key])
         if K.FORCE in selected:
-            force = item[K.FORCE].detach().cpu().double()
-            force_squares += float((force**2).sum())
-            force_components += force.numel()
+            force_rms.update(item[K.FORCE])
         if K.ENERGY in selected:
-            counts = _composition(atomic_numbers, batch, natoms.shape[0])
-            fit.update(counts, item[K.ENERGY].detach().cpu().double().reshape(-1))
+            batch = torch.repeat_interleave(torch.arange(natoms.shape[0]), natoms)
+            references.update(atomic_numbers, batch, item[K.ENERGY])
         if K.EDGE_INDEX in item:
             edges += item[K.EDGE_INDEX].shape[1]
             edge_atoms += n
@@ -269,16 +213,18 @@ def compute_statistics(
     if num_structures == 0:
         raise ValueError("compute_statistics: the data holds no structures")
     present = torch.nonzero(element_counts).flatten().tolist()
-    reference, residual = fit.solve() if fit.count else (None, None)
+    fitted = references.num_structures > 0
+    reference = references.solve() if fitted else None
     return DatasetStatistics(
         num_structures=num_structures,
         num_atoms=num_atoms,
         mean={key: m.mean for key, m in moments.items()},
-        std={key: (m.m2 / m.count).sqrt() for key, m in moments.items()},
-        force_rms=math.sqrt(force_squares / force_components) if force_components else None,
+        std={key: m.std for key, m in moments.items()},
+        count={key: m.count for key, m in moments.items()},
+        force_rms=force_rms.rms if force_rms.count else None,
         avg_num_neighbors=edges / edge_atoms if edge_atoms else None,
         reference_energies=reference,
-        reference_residual_rms=residual,
+        reference_residual_rms=references.residual_rms(reference) if fitted else None,
         elements=present,
         missing_elements=sorted(set(elements or ()) - set(present)),
     )

@@ -140,6 +140,15 @@ class EquivariantEncoder(nn.Module):
                 f"EquivariantEncoder(readout={readout!r}): expected one of {list(_READOUTS)}"
             )
         target = _parse_hidden_irreps(hidden_irreps, num_channels, lmax)
+        # The constructor's arguments, read back by tasks so a checkpoint rebuilds this encoder.
+        self.init_args: dict[str, Any] = {
+            "num_channels": num_channels, "lmax": lmax, "num_layers": num_layers,
+            "cutoff": float(cutoff), "num_basis": num_basis,
+            "max_atomic_number": max_atomic_number,
+            "hidden_irreps": None if hidden_irreps is None else str(hidden_irreps),
+            "avg_num_neighbors": float(avg_num_neighbors), "readout": readout,
+            "radial_hidden": radial_hidden,
+        }  # fmt: skip
         self.num_channels = num_channels
         self.lmax = lmax
         self.num_layers = num_layers

@@ -8,7 +8,6 @@ from importlib.metadata import version as _version
 
 # The data contract lives in matsci.contract; these names are re-exported for convenience.
 from matsci.contract import (
-    STRUCTURE_SPECS,
     AttributeSpec,
     Embeddings,
     Encoder,
@@ -17,9 +16,9 @@ from matsci.contract import (
 )
 from matsci.tasks.core._base_task import DEFAULT_OUTPUT_KWARGS, BaseTaskModule
 from matsci.tasks.core._binary_classification import BinaryClassificationTask
-from matsci.tasks.core._checkpoint_io import AtomicCheckpointIO, read_checkpoint
+from matsci.tasks.core._checkpoint_io import read_checkpoint
 from matsci.tasks.core._crystal_symmetry import NUM_SPACEGROUPS, CrystalSymmetryClassificationTask
-from matsci.tasks.core._ema import ExponentialMovingAverage
+from matsci.tasks.core._engine import CHECKPOINT_RECORD, TaskEngine, TaskEntry
 from matsci.tasks.core._inputs import (
     EncoderInput,
     InputRequest,
@@ -32,7 +31,6 @@ from matsci.tasks.core._inputs import (
 from matsci.tasks.core._loss_weights import LossWeightSchedule
 from matsci.tasks.core._masked_loss import MaskedLoss
 from matsci.tasks.core._multitask import MultiTaskLitModule
-from matsci.tasks.core._nonfinite import NonFiniteGuard
 from matsci.tasks.core._normalizer import Normalizer
 from matsci.tasks.core._optim import (
     build_optimizer,
@@ -40,46 +38,35 @@ from matsci.tasks.core._optim import (
     check_scheduler_kwargs,
     optimizer_path,
 )
-from matsci.tasks.core._random_state import RandomStateCheckpoint
 from matsci.tasks.core._scalar_regression import ScalarRegressionTask
-from matsci.tasks.core._throughput import (
-    AtomThroughputMonitor,
-    Throughput,
-    count_atoms_and_structures,
-)
 
 __version__ = _version("matsci-tasks-core")
 
 __all__ = [
     "DEFAULT_OUTPUT_KWARGS",
     "NUM_SPACEGROUPS",
-    "STRUCTURE_SPECS",
-    "AtomThroughputMonitor",
-    "AtomicCheckpointIO",
     "AttributeSpec",
     "BaseTaskModule",
     "BinaryClassificationTask",
+    "CHECKPOINT_RECORD",
     "CrystalSymmetryClassificationTask",
     "Embeddings",
     "Encoder",
     "EncoderInput",
-    "ExponentialMovingAverage",
     "InputRequest",
     "LossWeightSchedule",
     "MaskedLoss",
     "MultiTaskLitModule",
-    "NonFiniteGuard",
     "Normalizer",
-    "RandomStateCheckpoint",
     "ScalarRegressionTask",
-    "Throughput",
+    "TaskEngine",
+    "TaskEntry",
     "View",
     "__version__",
     "autograd_ready_copy",
     "build_optimizer",
     "build_scheduler",
     "check_scheduler_kwargs",
-    "count_atoms_and_structures",
     "gradients_enabled",
     "keys",
     "optimizer_path",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, ClassVar, Literal, Self, cast
+from typing import Any, ClassVar, Final, Literal, Self
 
 import torch
 from torch import Tensor, nn
@@ -17,40 +17,28 @@ from matsci.contract import (
     STRUCTURE_SPECS,
     AttributeSpec,
     ClassConfig,
+    DatasetStatistics,
     Embeddings,
     build_from_config,
-    class_path,
-    import_class,
     keys,
     module_config,
-    to_plain,
     validate_batch,
 )
 from matsci.heads import OutputHead
 from matsci.tasks.core._checkpoint_io import read_checkpoint
-from matsci.tasks.core._ema import Weights, load_checkpoint_with_weights
-from matsci.tasks.core._epoch_means import (
-    EpochMeans,
-    PendingMetricInputs,
-    log_epoch_metrics,
-    log_training_epoch,
-    log_training_step,
-)
-from matsci.tasks.core._inputs import (
-    EncoderInput,
-    InputRequest,
-    gradients_enabled,
-    prepare_encoder_input,
-)
-from matsci.tasks.core._lean_module import LeanLightningModule
+from matsci.tasks.core._engine import TaskEngine, TaskEntry, weighted_sum
+from matsci.tasks.core._inputs import EncoderInput, InputRequest
 from matsci.tasks.core._masked_loss import MaskedLoss
 from matsci.tasks.core._normalizer import Normalizer
-from matsci.tasks.core._optim import check_scheduler_kwargs, optimization_config, optimizer_path
+from matsci.tasks.core._optim import check_scheduler_kwargs, optimizer_path
+from matsci.tasks.core._task_config import build_encoder, plain_loss_func, plain_output_kwargs
 
 Stage = Literal["train", "val", "test"]
 Reduction = Literal["mean", "sum", "max"]
-_REDUCTIONS = ("mean", "sum", "max")
-STAGES: tuple[Stage, ...] = ("train", "val", "test")
+_REDUCTIONS: Final = ("mean", "sum", "max")
+_DATASET: Final = "data"
+"""The dataset name of a single task (it has one)."""
+_ENCODER: Final = "encoder"
 DEFAULT_OUTPUT_KWARGS: dict[str, Any] = {
     "hidden_dim": 128,
     "num_hidden": 1,
@@ -59,7 +47,7 @@ DEFAULT_OUTPUT_KWARGS: dict[str, Any] = {
 """Head settings used unless ``output_kwargs`` overrides them."""
 
 
-class BaseTaskModule(LeanLightningModule):
+class BaseTaskModule(TaskEngine):
     """Shared machinery of all tasks: a LightningModule with an encoder and one head per key.
 
     Subclasses say what a key predicts (:meth:`build_head`, :meth:`compute_outputs`), what the
@@ -122,6 +110,10 @@ class BaseTaskModule(LeanLightningModule):
     fixed_task_keys: ClassVar[tuple[str, ...] | None] = None
     """The only ``task_keys`` of tasks that predict a fixed target (the default for them)."""
 
+    pools_atom_embeddings: ClassVar[bool] = True
+    """Whether the heads read a structure embedding pooled from atom embeddings (so that
+    ``embedding_reduction_type`` applies); tasks with per-atom heads set ``False``."""
+
     def __init__(
         self,
         encoder: nn.Module | None = None,
@@ -134,20 +126,15 @@ class BaseTaskModule(LeanLightningModule):
         weight_decay: float = 0.0,
         optimizer: str | type[torch.optim.Optimizer] = "AdamW",
         scheduler_kwargs: Mapping[str, Any] | None = None,
-        embedding_reduction_type: Reduction = "mean",
+        embedding_reduction_type: Reduction | None = None,
         normalize_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
         task_loss_scaling: Mapping[str, float] | None = None,
     ) -> None:
         super().__init__()
         name = type(self).__name__
-        self.encoder, encoder_path = build_encoder(name, encoder, encoder_class, encoder_kwargs)
+        self.encoder, encoder_config = build_encoder(name, encoder, encoder_class, encoder_kwargs)
         self.task_keys: list[str] = self._check_task_keys(task_keys)
-        if embedding_reduction_type not in _REDUCTIONS:
-            raise ValueError(
-                f"{name}(embedding_reduction_type={embedding_reduction_type!r}): expected one of "
-                f"{_REDUCTIONS}"
-            )
-        self.embedding_reduction_type = embedding_reduction_type
+        self.embedding_reduction_type: Reduction = self._check_reduction(embedding_reduction_type)
         loss_configs = self._loss_configs(loss_func)
         self.losses = nn.ModuleDict(
             {
@@ -163,28 +150,30 @@ class BaseTaskModule(LeanLightningModule):
             {key: self.build_head(key, self.output_kwargs) for key in self.head_keys()}
         )
         self.normalizers = nn.ModuleDict(self._build_normalizers(normalize_kwargs))
-        self.metrics = nn.ModuleDict(
-            {f"{stage}_metrics": self._stage_metrics(stage) for stage in STAGES}
+        self._name = f"{_DATASET}/{name}"
+        scheduler_config = check_scheduler_kwargs(scheduler_kwargs)
+        self.set_up_engine(
+            [TaskEntry(_DATASET, self._name, self, log_prefix="")],
+            lr=lr,
+            weight_decay=weight_decay,
+            optimizer_path=optimizer_path(optimizer),
+            scheduler_config=scheduler_config,
         )
-        self.lr = lr
-        self.weight_decay = weight_decay
-        self.optimizer_path = optimizer_path(optimizer)
-        self.scheduler_config = check_scheduler_kwargs(scheduler_kwargs)
-        self._checked_stages: set[str] = set()
-        self._train_means = EpochMeans(
-            ["train/loss", *(f"train/{key}/loss" for key in self.task_keys)]
+        # Lightning records the constructor's arguments (the subclass's too); the ones that are
+        # not plain data are then stored in their plain form, which the constructor takes as
+        # well, so the checkpoint loads with weights_only=True and rebuilds this task.
+        self.save_hyperparameters(ignore=["encoder"], logger=False)
+        self.save_hyperparameters(
+            {
+                **self.hparams,
+                "encoder_class": None if encoder_config is None else encoder_config["class_path"],
+                "encoder_kwargs": None if encoder_config is None else encoder_config["init_args"],
+                "loss_func": plain_loss_func(loss_func),
+                "optimizer": self.optimizer_path,
+                "scheduler_kwargs": scheduler_config,
+                "output_kwargs": plain_output_kwargs(dict(output_kwargs or {})),
+            }
         )
-        self._pending_train_metrics = PendingMetricInputs()
-        # Only plain data goes into the checkpoint, so it loads with weights_only=True.
-        self.save_hyperparameters(ignore=["encoder", "encoder_class", "loss_func", "optimizer"])
-        self.hparams["encoder_class"] = encoder_path
-        self.hparams["encoder_kwargs"] = to_plain(
-            dict(encoder_kwargs) if encoder_kwargs is not None else None, argument="encoder_kwargs"
-        )
-        self.hparams["loss_func"] = loss_configs
-        self.hparams["optimizer"] = self.optimizer_path
-        self.hparams["scheduler_kwargs"] = self.scheduler_config
-        self.hparams["output_kwargs"] = _plain_output_kwargs(dict(output_kwargs or {}))
 
     # -- what subclasses define -------------------------------------------------------------
 
@@ -344,14 +333,7 @@ class BaseTaskModule(LeanLightningModule):
         dict
             ``{key: output}`` for every task key.
         """
-        request = self.input_request()
-        # Derivatives keep their graph only when a loss on them will be backpropagated.
-        keep_graph = self.training and torch.is_grad_enabled()
-        with gradients_enabled(request.needs_gradients):
-            encoder_input = prepare_encoder_input(
-                batch, request, keep_graph=keep_graph, shared=False
-            )
-            return self.outputs_from_embeddings(self.encoder(encoder_input.batch), encoder_input)
+        return self.task_outputs({_DATASET: batch})[self._name]
 
     def system_embedding(self, embeddings: Embeddings, batch: Batch) -> Tensor:
         """The structure embedding ``[B, D]``, pooled from atom embeddings if the encoder gave none.
@@ -403,95 +385,14 @@ class BaseTaskModule(LeanLightningModule):
         dict
             ``{key: prediction}``, for example ``[B, k]`` for a regression key.
         """
-        return self.physical_predictions(self(batch), batch)
-
-    # -- Lightning hooks -----------------------------------------------------------------------
+        return self.task_predictions({_DATASET: batch})[self._name]
 
     @override
-    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
-        return self._shared_step(batch, "train")
+    def format_predictions(self, predictions: dict[str, dict[str, Tensor]]) -> Any:
+        """``predict_step`` of a single task returns ``{key: prediction}``."""
+        return predictions[self._name]
 
-    @override
-    def validation_step(self, batch: Batch, batch_idx: int) -> Tensor:
-        return self._shared_step(batch, "val")
-
-    @override
-    def test_step(self, batch: Batch, batch_idx: int) -> Tensor:
-        return self._shared_step(batch, "test")
-
-    @override
-    def predict_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> Any:
-        self._check_batch(batch, "predict", with_targets=False)
-        return self.predict(batch)
-
-    @override
-    def configure_optimizers(self) -> Any:
-        return optimization_config(
-            self.optimizer_path, self.parameter_groups(), self.lr, self.weight_decay,
-            self.scheduler_config,
-        )  # fmt: skip
-
-    def parameter_groups(self) -> list[dict[str, Any]]:
-        """Parameter groups of the optimizer: the encoder, then the heads.
-
-        Returns
-        -------
-        list of dict
-            ``[{"name": "encoder", "params": [...]}, {"name": "heads", "params": [...]}]``
-            (groups without parameters are left out).
-        """
-        groups = [
-            {"name": "encoder", "params": list(self.encoder.parameters())},
-            {"name": "heads", "params": list(self.output_heads.parameters())},
-        ]
-        return [group for group in groups if group["params"]]
-
-    # -- one step ----------------------------------------------------------------------------
-
-    def _shared_step(self, batch: Batch, stage: Stage) -> Tensor:
-        self._check_batch(batch, stage, with_targets=True)
-        outputs = self(batch)
-        targets = self.get_targets(batch)
-        total, losses = self.compute_losses(outputs, batch, targets=targets)
-        batch_size = int(batch.num_graphs)
-        if stage == "train":
-            # Per rank, no all-reduce; self.log costs about 0.5 ms of Python per call, so epoch
-            # means are summed on the device and step values logged only where they are read.
-            log_training_step(self, self._train_means, [total, *losses.values()], batch_size)
-        else:
-            # Evaluation losses are averaged over DDP ranks (schedulers and checkpoints monitor
-            # them).
-            weight = rank_average_weight(batch_size)
-            self.log(f"{stage}/loss", total, prog_bar=True, batch_size=weight, on_step=False,
-                     on_epoch=True, sync_dist=True)  # fmt: skip
-            for key, value in losses.items():
-                self.log(f"{stage}/{key}/loss", value, batch_size=weight, on_step=False,
-                         on_epoch=True, sync_dist=True)  # fmt: skip
-        self._update_metrics(outputs, targets, stage)
-        return total
-
-    @override
-    def on_train_epoch_start(self) -> None:
-        self._train_means.reset()
-        self._pending_train_metrics.clear()
-
-    @override
-    def on_train_epoch_end(self) -> None:
-        log_training_epoch(self, self._train_means)
-        self._flush_train_metrics()
-        log_epoch_metrics(self, self._stage_collections("train").values())
-
-    @override
-    def on_validation_epoch_end(self) -> None:
-        log_epoch_metrics(self, self._stage_collections("val").values())
-
-    @override
-    def on_test_epoch_end(self) -> None:
-        log_epoch_metrics(self, self._stage_collections("test").values())
-
-    def _stage_collections(self, stage: Stage) -> Mapping[str, MetricCollection]:
-        collections: Mapping[str, MetricCollection] = self.metrics[f"{stage}_metrics"]  # type: ignore[assignment]
-        return collections
+    # -- what the engine calls each step -------------------------------------------------------
 
     def get_targets(self, batch: Batch) -> dict[str, Tensor]:
         """Every key's target, read once per step (see :meth:`get_target`)."""
@@ -529,46 +430,23 @@ class BaseTaskModule(LeanLightningModule):
         total = weighted_sum([(self.task_loss_scaling[key], losses[key]) for key in self.task_keys])
         return total, losses
 
-    def _update_metrics(
-        self, outputs: Mapping[str, Tensor], targets: Mapping[str, Tensor], stage: Stage
-    ) -> None:
-        # Metrics are computed, logged and reset once per epoch (see on_*_epoch_end). Training
-        # steps are fed in groups: the raw outputs wait, and one metric_inputs call, metric
-        # update and look for missing targets (a host sync) serve a group of steps instead of
-        # each step; the results are the same.
-        if stage != "train":
-            self._feed_metrics(self._stage_collections(stage), outputs, targets)
-        elif self._pending_train_metrics.add(outputs, targets):
-            self._flush_train_metrics()
-
-    def _flush_train_metrics(self) -> None:
-        pending = self._pending_train_metrics.pop()
-        if pending is not None:
-            self._feed_metrics(self._stage_collections("train"), *pending)
-
-    def update_metrics(
-        self, collections: Mapping[str, Any], outputs: Mapping[str, Tensor], batch: Batch
-    ) -> None:
-        """Feed every key's predictions and targets, missing ones removed, to its metrics.
-
-        Parameters
-        ----------
-        collections
-            ``{key: MetricCollection}`` (this task's, or a multi-task module's copies).
-        outputs
-            Raw outputs from :meth:`forward`.
-        batch
-            The batch holding the targets.
-        """
-        self._feed_metrics(collections, outputs, self.get_targets(batch))
-
-    def _feed_metrics(
+    def feed_metrics(
         self,
         collections: Mapping[str, Any],
         outputs: Mapping[str, Tensor],
         targets: Mapping[str, Tensor],
     ) -> None:
-        """Feed ``metric_inputs`` of the raw outputs, rows with a missing target left out."""
+        """Feed the metrics ``metric_inputs`` of raw outputs, rows with a missing target left out.
+
+        Parameters
+        ----------
+        collections
+            ``{key: MetricCollection}`` to update (the engine's, for one stage).
+        outputs
+            Raw outputs, ``{key: output}``.
+        targets
+            Targets from :meth:`get_targets`.
+        """
         missing = _any_missing(targets)
         for key, target in targets.items():
             prediction = self.metric_inputs(key, outputs[key].detach())
@@ -597,12 +475,13 @@ class BaseTaskModule(LeanLightningModule):
         specs = list(STRUCTURE_SPECS) + (self.target_specs() if with_targets else [])
         validate_batch(batch, specs, context=type(self).__name__)
 
-    def _check_batch(self, batch: Batch, stage: str, *, with_targets: bool) -> None:
-        # Checked on the first batch of each stage: later batches come from the same pipeline.
-        if stage in self._checked_stages:
-            return
-        self.check_batch(batch, with_targets=with_targets)
-        self._checked_stages.add(stage)
+    def head_parameters(self) -> list[nn.Parameter]:
+        """The task's own parameters (heads, learnable loss terms), without the encoder's."""
+        return [
+            parameter
+            for name, parameter in self.named_parameters()
+            if not name.startswith(f"{_ENCODER}.")
+        ]
 
     # -- normalization -------------------------------------------------------------------------
 
@@ -628,19 +507,59 @@ class BaseTaskModule(LeanLightningModule):
         ValueError
             If a key is not normalized by this task, or a key has no present value.
         """
-        fit_keys = list(keys_to_fit) if keys_to_fit is not None else list(self.normalizers)
+        fit_keys = self._keys_to_fit(keys_to_fit, "fit_normalizers")
         for key in fit_keys:
-            if key not in self.normalizers:
-                raise ValueError(
-                    f"{type(self).__name__}.fit_normalizers: {key!r} is not normalized by this "
-                    f"task; normalized keys: {list(self.normalizers)}"
-                )
             self.normalizers[key].reset_statistics()  # type: ignore[operator]
         for batch in batches:
             for key in fit_keys:
                 self.normalizers[key].update(self.get_target(batch, key))  # type: ignore[operator]
         for key in fit_keys:
             self.normalizers[key].finalize()  # type: ignore[operator]
+
+    @torch.no_grad()
+    def apply_statistics(
+        self, statistics: DatasetStatistics, keys_to_apply: Sequence[str] | None = None
+    ) -> None:
+        """Set this task's normalization from dataset statistics computed once, in ``matsci.data``.
+
+        The statistics come from :func:`matsci.data.compute_statistics` or
+        ``AtomsDataModule.statistics()`` (one streaming pass over the training split); the
+        ``FitNormalizers`` callback of ``matsci.training`` calls this at the start of a fit, in
+        Python and in the ``matsci`` command alike. Each normalized key takes its per-column
+        mean and standard deviation; the values are buffers and travel in checkpoints.
+
+        Parameters
+        ----------
+        statistics
+            Statistics of the training data, holding every key to apply.
+        keys_to_apply
+            Keys to set; default every key this task normalizes.
+
+        Raises
+        ------
+        ValueError
+            If a key is not normalized by this task or the statistics lack it.
+        """
+        for key in self._keys_to_fit(keys_to_apply, "apply_statistics"):
+            if key not in statistics.mean or key not in statistics.std:
+                raise ValueError(
+                    f"{type(self).__name__}.apply_statistics: the statistics have no {key!r}; "
+                    f"they hold {sorted(statistics.mean)} (compute them with keys=[{key!r}, ...])"
+                )
+            normalizer: Normalizer = self.normalizers[key]  # type: ignore[assignment]
+            normalizer.load_statistics(
+                statistics.mean[key], statistics.std[key], statistics.count.get(key)
+            )
+
+    def _keys_to_fit(self, keys_to_fit: Sequence[str] | None, caller: str) -> list[str]:
+        fit_keys = list(keys_to_fit) if keys_to_fit is not None else list(self.normalizers)
+        for key in fit_keys:
+            if key not in self.normalizers:
+                raise ValueError(
+                    f"{type(self).__name__}.{caller}: {key!r} is not normalized by this "
+                    f"task; normalized keys: {list(self.normalizers)}"
+                )
+        return fit_keys
 
     def _build_normalizers(
         self, normalize_kwargs: Mapping[str, Mapping[str, Any]] | None
@@ -673,6 +592,19 @@ class BaseTaskModule(LeanLightningModule):
 
     # -- construction helpers ------------------------------------------------------------------
 
+    def _check_reduction(self, reduction: Reduction | None) -> Reduction:
+        name = type(self).__name__
+        if reduction is not None and not self.pools_atom_embeddings:
+            raise ValueError(
+                f"{name}(embedding_reduction_type={reduction!r}): this task's heads read atom "
+                "embeddings and pool nothing; leave embedding_reduction_type unset"
+            )
+        if reduction is not None and reduction not in _REDUCTIONS:
+            raise ValueError(
+                f"{name}(embedding_reduction_type={reduction!r}): expected one of {_REDUCTIONS}"
+            )
+        return "mean" if reduction is None else reduction
+
     def _check_task_keys(self, task_keys: Sequence[str] | None) -> list[str]:
         name = type(self).__name__
         fixed = self.fixed_task_keys
@@ -703,9 +635,12 @@ class BaseTaskModule(LeanLightningModule):
     def _loss_configs(self, loss_func: Any) -> dict[str, ClassConfig]:
         name = type(self).__name__
         per_key = isinstance(loss_func, Mapping) and "class_path" not in loss_func
+        if loss_func is None:
+            return {key: self.default_loss_config(key) for key in self.task_keys}
         if not per_key:
-            spec = self.default_loss if loss_func is None else loss_func
-            config = module_config(spec, nn.Module, argument="loss_func", default_module="torch.nn")
+            config = module_config(
+                loss_func, nn.Module, argument="loss_func", default_module="torch.nn"
+            )
             return {key: config for key in self.task_keys}
         missing = [key for key in self.task_keys if key not in loss_func]
         extra = [key for key in loss_func if key not in self.task_keys]
@@ -721,9 +656,14 @@ class BaseTaskModule(LeanLightningModule):
             for key in self.task_keys
         }
 
-    def _stage_metrics(self, stage: Stage) -> nn.ModuleDict:
-        return nn.ModuleDict(
-            {key: self.build_metrics(key).clone(prefix=f"{stage}/{key}/") for key in self.task_keys}
+    def default_loss_config(self, key: str) -> ClassConfig:
+        """The loss of ``key`` when ``loss_func`` is not given: :attr:`default_loss`.
+
+        Tasks with arguments that shape their default loss (class weights, ``pos_weight``)
+        override this, so those arguments are stored as given and the loss is rebuilt from them.
+        """
+        return module_config(
+            self.default_loss, nn.Module, argument="loss_func", default_module="torch.nn"
         )
 
     def embedding_width(self) -> int:
@@ -794,59 +734,6 @@ class BaseTaskModule(LeanLightningModule):
     # -- checkpoints ---------------------------------------------------------------------------
 
     @classmethod
-    @override
-    def load_from_checkpoint(
-        cls,
-        checkpoint_path: Any,
-        map_location: Any = None,
-        hparams_file: Any = None,
-        strict: bool | None = None,
-        weights_only: bool | None = True,
-        weights: Weights = "evaluation",
-        **kwargs: Any,
-    ) -> Self:
-        """Restore a task from a checkpoint, loading it with ``weights_only=True`` by default.
-
-        Checkpoints of tasks hold plain data only, so nothing in the file can run code.
-
-        Parameters
-        ----------
-        checkpoint_path
-            Path (or file object) of the checkpoint.
-        map_location
-            Where to put tensors, as in :func:`torch.load`.
-        hparams_file
-            Optional YAML of hyperparameters overriding the stored ones.
-        strict
-            Whether the state dict must match exactly.
-        weights_only
-            Passed to :func:`torch.load`; ``True`` unless set.
-        weights
-            ``"evaluation"``: the weights validation used, i.e. the averaged ones when the
-            checkpoint has an :class:`ExponentialMovingAverage` record; ``"raw"``: the trained
-            weights that a resumed run continues from.
-        **kwargs
-            Constructor arguments overriding the stored ones (e.g. ``encoder=...``).
-
-        Returns
-        -------
-        BaseTaskModule
-            The restored task.
-
-        Raises
-        ------
-        ValueError
-            If the file is truncated, corrupted or not a Lightning checkpoint (naming it), or
-            ``weights`` is unknown.
-        """
-        task = load_checkpoint_with_weights(
-            super().load_from_checkpoint, checkpoint_path, weights,
-            caller=f"{cls.__name__}.load_from_checkpoint", map_location=map_location,
-            hparams_file=hparams_file, strict=strict, weights_only=weights_only, **kwargs,
-        )  # fmt: skip
-        return task
-
-    @classmethod
     def from_pretrained_encoder(cls, checkpoint: str | Any, **task_kwargs: Any) -> Self:
         """Build a new task around the encoder of a trained task's checkpoint.
 
@@ -895,84 +782,6 @@ class BaseTaskModule(LeanLightningModule):
             )
         task.encoder.load_state_dict(encoder_state, strict=True)
         return task
-
-
-def build_encoder(
-    name: str,
-    encoder: nn.Module | None,
-    encoder_class: str | type[nn.Module] | None,
-    encoder_kwargs: Mapping[str, Any] | None,
-) -> tuple[nn.Module, str | None]:
-    if encoder is None and encoder_class is None:
-        raise ValueError(
-            f"{name}: give encoder= (an instance) or encoder_class= (with encoder_kwargs)"
-        )
-    if encoder is None:
-        assert encoder_class is not None
-        path = encoder_class if isinstance(encoder_class, str) else class_path(encoder_class)
-        cls = import_class(path, nn.Module, argument=f"{name}(encoder_class)")
-        encoder = cls(**dict(encoder_kwargs or {}))
-    elif encoder_class is not None:
-        # Both: load_from_checkpoint(path, encoder=...) adds an instance to the stored class path.
-        path = encoder_class if isinstance(encoder_class, str) else class_path(encoder_class)
-        if path != class_path(type(encoder)):
-            raise ValueError(
-                f"{name}: encoder is a {class_path(type(encoder))} but encoder_class is {path}"
-            )
-    if not hasattr(encoder, "embedding_dim"):
-        raise ValueError(
-            f"{name}: the encoder {type(encoder).__name__} has no embedding_dim attribute "
-            "(an int, or e3nn Irreps), which the heads need"
-        )
-    local = "<locals>" in type(encoder).__qualname__
-    # A class defined in a function cannot be imported again: such a task reloads only with
-    # load_from_checkpoint(path, encoder=...).
-    return encoder, (None if local else class_path(type(encoder)))
-
-
-def _plain_output_kwargs(output_kwargs: dict[str, Any]) -> dict[str, Any]:
-    """Head arguments as plain data: ``torch.nn`` classes become their dotted names."""
-    plain: dict[str, Any] = {}
-    for name, value in output_kwargs.items():
-        torch_nn_name = getattr(value, "__name__", "")
-        if isinstance(value, type) and getattr(nn, torch_nn_name, None) is value:
-            plain[name] = f"torch.nn.{torch_nn_name}"
-        else:
-            plain[name] = to_plain(value, argument=f"output_kwargs[{name!r}]")
-    return plain
-
-
-def rank_average_weight(batch_size: int) -> int:
-    """The ``batch_size`` to give ``self.log`` for a value averaged over DDP ranks: a float.
-
-    Lightning 2.6 sums the logged batch sizes in an integer tensor and floors its average over
-    ranks, which inflates ``sync_dist`` means when the ranks saw different numbers of
-    structures (Lightning issue #21859; evaluation shards without padding do). A float count
-    keeps the average exact; Lightning only ever adds and divides it.
-    """
-    return cast(int, float(batch_size))
-
-
-def weighted_sum(terms: Sequence[tuple[float, Tensor]]) -> Tensor:
-    """``sum(weight * value)``, without the operations that cannot change it.
-
-    A weight of exactly 1 is not multiplied and a single term is not stacked and summed; both
-    give the same number bit for bit (a weight of 0 is kept: it turns NaN into NaN, not 0).
-
-    Parameters
-    ----------
-    terms
-        ``(weight, value)`` pairs, each value a scalar tensor.
-
-    Returns
-    -------
-    Tensor
-        The weighted sum, a scalar.
-    """
-    values = [value if weight == 1.0 else weight * value for weight, value in terms]
-    if len(values) == 1:
-        return values[0]
-    return torch.stack(values).sum()
 
 
 def _any_missing(targets: Mapping[str, Tensor]) -> dict[str, bool]:

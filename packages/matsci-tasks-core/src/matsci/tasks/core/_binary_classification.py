@@ -9,8 +9,9 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, BinaryF1Score
+from typing_extensions import override
 
-from matsci.contract import AttributeSpec
+from matsci.contract import AttributeSpec, ClassConfig
 from matsci.heads import OutputHead
 from matsci.tasks.core._base_task import BaseTaskModule
 
@@ -59,32 +60,30 @@ class BinaryClassificationTask(BaseTaskModule):
     def __init__(
         self, pos_weight: float | Mapping[str, float] | None = None, **kwargs: Any
     ) -> None:
-        if pos_weight is not None:
-            if kwargs.get("loss_func") is not None:
-                raise ValueError(
-                    "BinaryClassificationTask: give pos_weight or a custom loss_func, not both"
-                )
-            task_keys: Sequence[str] = kwargs.get("task_keys") or []
-            weights = (
-                dict(pos_weight) if isinstance(pos_weight, Mapping)
-                else dict.fromkeys(task_keys, float(pos_weight))
-            )  # fmt: skip
-            unknown = set(weights) - set(task_keys)
-            if unknown:
-                raise ValueError(
-                    f"BinaryClassificationTask(pos_weight): keys {sorted(unknown)} are not task "
-                    f"keys {list(task_keys)}"
-                )
-            kwargs["loss_func"] = {
-                key: {
-                    "class_path": self.default_loss,
-                    "init_args": {"pos_weight": [weights[key]]} if key in weights else {},
-                }
-                for key in task_keys
-            }
+        if pos_weight is not None and kwargs.get("loss_func") is not None:
+            raise ValueError(
+                "BinaryClassificationTask: give pos_weight or a custom loss_func, not both"
+            )
+        task_keys: Sequence[str] = kwargs.get("task_keys") or []
+        weights = (
+            {} if pos_weight is None
+            else dict(pos_weight) if isinstance(pos_weight, Mapping)
+            else dict.fromkeys(task_keys, float(pos_weight))
+        )  # fmt: skip
+        unknown = set(weights) - set(task_keys)
+        if unknown:
+            raise ValueError(
+                f"BinaryClassificationTask(pos_weight): keys {sorted(unknown)} are not task "
+                f"keys {list(task_keys)}"
+            )
+        self.pos_weight = {key: float(value) for key, value in weights.items()}
         super().__init__(**kwargs)
-        # The checkpoint already holds the resulting losses; do not apply pos_weight twice.
-        self.hparams["pos_weight"] = None
+
+    @override
+    def default_loss_config(self, key: str) -> ClassConfig:
+        """``BCEWithLogitsLoss``, with the key's ``pos_weight`` when one is given."""
+        init_args = {"pos_weight": [self.pos_weight[key]]} if key in self.pos_weight else {}
+        return {"class_path": "torch.nn.BCEWithLogitsLoss", "init_args": init_args}
 
     def build_head(self, key: str, output_kwargs: Mapping[str, Any]) -> nn.Module:
         """One dense head with a single logit."""

@@ -1,11 +1,9 @@
-"""Checkpoints that are never half written, and clear errors for files that are.
+"""Reading checkpoints with clear errors, and choosing which weights of a checkpoint to load.
 
-Lightning's default checkpoint writer saves through ``fsspec``: the bytes go to a temporary
-file in the system's temp folder, then move to the target. A move between file systems is a
-copy, and nothing is flushed to disk, so a kill or power loss at the wrong moment can leave a
-truncated ``last.ckpt``. :class:`AtomicCheckpointIO` writes next to the target, flushes and
-``fsync`` s the file, then renames it over the target with :func:`os.replace` (atomic on POSIX
-and Windows): a reader sees the old checkpoint or the new one, never a part of one.
+A truncated or foreign file becomes one ``ValueError`` that names it (:func:`read_checkpoint`,
+:func:`checkpoint_errors`); :func:`load_checkpoint_with_weights` is the one path behind every
+task's ``load_from_checkpoint``. Writing checkpoints atomically is ``matsci.training``'s
+``AtomicCheckpointIO``.
 """
 
 from __future__ import annotations
@@ -13,17 +11,20 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
-import tempfile
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Final, Literal, TypeVar
 
 import torch
-from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-from typing_extensions import override
 
-__all__ = ["AtomicCheckpointIO", "checkpoint_errors", "read_checkpoint"]
+__all__ = [
+    "RAW_WEIGHTS_KEY",
+    "Weights",
+    "checkpoint_errors",
+    "load_checkpoint_with_weights",
+    "read_checkpoint",
+]
 
 _LOAD_ERRORS: tuple[type[BaseException], ...] = (
     RuntimeError,  # torch's zip reader: "failed finding central directory", ...
@@ -34,112 +35,6 @@ _LOAD_ERRORS: tuple[type[BaseException], ...] = (
     KeyError,
     OSError,
 )
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """A checkpoint writer that replaces the target atomically, so ``last.ckpt`` is never torn.
-
-    Give it to the trainer as a plugin: ``Trainer(plugins=[AtomicCheckpointIO()])``. Each save
-    writes ``.<name>.<random>.tmp`` in the target's folder, ``fsync`` s it, renames it over the
-    target (:func:`os.replace`) and ``fsync`` s the folder. A process killed while saving leaves
-    the previous checkpoint intact and a temporary file that Lightning's
-    ``ckpt_path="last"`` ignores; the next save of the same name removes it. Remote paths
-    (``s3://`` and other ``fsspec`` URLs) are written by Lightning's own writer.
-
-    Loading raises a ``ValueError`` naming the file when it is truncated or not a checkpoint.
-
-    Examples
-    --------
-    >>> import tempfile, pathlib, torch
-    >>> from matsci.tasks.core import AtomicCheckpointIO
-    >>> folder = pathlib.Path(tempfile.mkdtemp())
-    >>> io = AtomicCheckpointIO()
-    >>> io.save_checkpoint({"step": torch.tensor(3)}, folder / "last.ckpt")
-    >>> io.load_checkpoint(folder / "last.ckpt")["step"]
-    tensor(3)
-    >>> sorted(path.name for path in folder.iterdir())
-    ['last.ckpt']
-    """
-
-    @override
-    def save_checkpoint(
-        self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
-    ) -> None:
-        """Write ``checkpoint`` to ``path`` atomically.
-
-        Parameters
-        ----------
-        checkpoint
-            The state to save.
-        path
-            The target file.
-        storage_options
-            Not supported (as for Lightning's ``TorchCheckpointIO``).
-
-        Raises
-        ------
-        TypeError
-            If ``storage_options`` is given.
-        """
-        if storage_options is not None or _is_remote(path):
-            super().save_checkpoint(checkpoint, path, storage_options)
-            return
-        atomic_save(checkpoint, Path(path))
-
-    @override
-    def load_checkpoint(
-        self,
-        path: Any,
-        map_location: Callable[..., Any] | None = lambda storage, loc: storage,
-        weights_only: bool | None = None,
-    ) -> dict[str, Any]:
-        """Load a checkpoint; a truncated or foreign file is a ``ValueError`` naming it.
-
-        Parameters
-        ----------
-        path
-            The checkpoint file.
-        map_location
-            As for :func:`torch.load`.
-        weights_only
-            As for :func:`torch.load`.
-
-        Returns
-        -------
-        dict
-            The checkpoint.
-
-        Raises
-        ------
-        FileNotFoundError
-            If the file does not exist.
-        ValueError
-            If it cannot be read as a checkpoint.
-        """
-        with checkpoint_errors(path, "AtomicCheckpointIO"):
-            checkpoint: dict[str, Any] = super().load_checkpoint(path, map_location, weights_only)
-        return checkpoint
-
-
-def atomic_save(obj: Any, path: Path) -> None:
-    """``torch.save`` into a temporary file beside ``path``, ``fsync``, then rename it over."""
-    folder = path.parent
-    folder.mkdir(parents=True, exist_ok=True)
-    for stale in folder.glob(f".{path.name}.*.tmp"):  # left by a process killed while saving
-        with contextlib.suppress(FileNotFoundError):
-            stale.unlink()
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            torch.save(obj, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
-    _fsync_folder(folder)
 
 
 def read_checkpoint(
@@ -241,16 +136,64 @@ def checkpoint_errors(path: Any, caller: str) -> Iterator[None]:
         ) from error
 
 
-def _is_remote(path: Any) -> bool:
-    text = os.fspath(path) if isinstance(path, str | os.PathLike) else str(path)
-    return "://" in text and not text.startswith("file://")
+Weights = Literal["evaluation", "raw"]
+"""Which weights to load from a checkpoint: those evaluation used (the ``state_dict``, averaged
+when the run kept a weight average), or the raw trained weights a resumed run continues from."""
+
+RAW_WEIGHTS_KEY: Final = "current_model_state"
+"""Checkpoint key where Lightning's ``WeightAveraging`` callbacks keep the raw weights; the
+``state_dict`` then holds the averaged ones."""
+
+LoadedModule = TypeVar("LoadedModule", bound=torch.nn.Module)
 
 
-def _fsync_folder(folder: Path) -> None:
-    """Make the rename durable: ``fsync`` the folder (not possible on Windows, skipped there)."""
-    with contextlib.suppress(OSError, AttributeError):
-        handle = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(handle)
-        finally:
-            os.close(handle)
+def load_checkpoint_with_weights(
+    load: Callable[..., LoadedModule],
+    checkpoint_path: Any,
+    weights: Weights,
+    *,
+    caller: str,
+    **load_kwargs: Any,
+) -> LoadedModule:
+    """Check a checkpoint, restore a module with ``load`` and apply the chosen weights.
+
+    The one path behind ``load_from_checkpoint`` of every task module: a truncated or foreign
+    file gives a ``ValueError`` naming it before Lightning reads it.
+
+    Parameters
+    ----------
+    load
+        Lightning's ``load_from_checkpoint`` of the class being restored.
+    checkpoint_path
+        Path (or file object) of the checkpoint.
+    weights
+        ``"evaluation"``: the checkpoint's ``state_dict`` (the averaged weights when training
+        kept an average); ``"raw"``: the trained weights kept beside an average
+        (:data:`RAW_WEIGHTS_KEY`), or the ``state_dict`` when there is no average.
+    caller
+        Who loads (starts error messages).
+    **load_kwargs
+        Passed to ``load``.
+
+    Returns
+    -------
+    torch.nn.Module
+        The restored module.
+
+    Raises
+    ------
+    ValueError
+        If ``weights`` is unknown or the file is not a readable Lightning checkpoint.
+    """
+    if weights not in ("evaluation", "raw"):
+        raise ValueError(
+            f"{caller}(weights={weights!r}): expected 'evaluation' (the averaged weights when "
+            "the checkpoint has them) or 'raw'"
+        )
+    checkpoint = read_checkpoint(checkpoint_path, caller=caller, required_keys=("state_dict",))
+    module = load(checkpoint_path, **load_kwargs)
+    raw = checkpoint.get(RAW_WEIGHTS_KEY)
+    if weights == "raw" and raw is not None:
+        strict = load_kwargs.get("strict")
+        module.load_state_dict(raw, strict=True if strict is None else strict)
+    return module

@@ -9,8 +9,9 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+from typing_extensions import override
 
-from matsci.contract import AttributeSpec, keys
+from matsci.contract import AttributeSpec, ClassConfig, keys
 from matsci.heads import OutputHead
 from matsci.tasks.core._base_task import BaseTaskModule
 
@@ -68,25 +69,29 @@ class CrystalSymmetryClassificationTask(BaseTaskModule):
         label_smoothing: float = 0.0,
         **kwargs: Any,
     ) -> None:
-        if class_weights is not None or label_smoothing:
-            if kwargs.get("loss_func") is not None:
-                raise ValueError(
-                    "CrystalSymmetryClassificationTask: give class_weights/label_smoothing or a "
-                    "custom loss_func, not both"
-                )
-            init_args: dict[str, Any] = {"label_smoothing": float(label_smoothing)}
-            if class_weights is not None:
-                if len(class_weights) != NUM_SPACEGROUPS:
-                    raise ValueError(
-                        f"CrystalSymmetryClassificationTask(class_weights): {len(class_weights)} "
-                        f"weights given, expected {NUM_SPACEGROUPS}"
-                    )
-                init_args["weight"] = [float(w) for w in class_weights]
-            kwargs["loss_func"] = {"class_path": self.default_loss, "init_args": init_args}
+        if (class_weights is not None or label_smoothing) and kwargs.get("loss_func") is not None:
+            raise ValueError(
+                "CrystalSymmetryClassificationTask: give class_weights/label_smoothing or a "
+                "custom loss_func, not both"
+            )
+        if class_weights is not None and len(class_weights) != NUM_SPACEGROUPS:
+            raise ValueError(
+                f"CrystalSymmetryClassificationTask(class_weights): {len(class_weights)} "
+                f"weights given, expected {NUM_SPACEGROUPS}"
+            )
+        self.class_weights = None if class_weights is None else [float(w) for w in class_weights]
+        self.label_smoothing = float(label_smoothing)
         super().__init__(**kwargs)
-        # The checkpoint holds the resulting loss; these must not be applied again on loading.
-        self.hparams["class_weights"] = None
-        self.hparams["label_smoothing"] = 0.0
+
+    @override
+    def default_loss_config(self, key: str) -> ClassConfig:
+        """``CrossEntropyLoss`` with ``class_weights`` and ``label_smoothing`` when given."""
+        init_args: dict[str, Any] = {}
+        if self.label_smoothing:
+            init_args["label_smoothing"] = self.label_smoothing
+        if self.class_weights is not None:
+            init_args["weight"] = list(self.class_weights)
+        return {"class_path": "torch.nn.CrossEntropyLoss", "init_args": init_args}
 
     def build_head(self, key: str, output_kwargs: Mapping[str, Any]) -> nn.Module:
         """A dense head with 230 logits."""

@@ -10,7 +10,6 @@ step and no host synchronization.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -34,22 +33,31 @@ class EpochMeans:
     def __init__(self, names: Sequence[str]) -> None:
         self.names = list(names)
         self._sums: Tensor | None = None
-        self._weight = 0.0
+        self._weights = [0.0] * len(self.names)
 
     @property
     def updated(self) -> bool:
         """Whether any step was added since the last :meth:`reset`."""
         return self._sums is not None
 
-    def update(self, values: Sequence[Tensor], weight: float) -> None:
-        """Add one step's values (detached), weighted by ``weight`` (its batch size)."""
+    def update(self, values: Sequence[Tensor | None], weights: Sequence[float]) -> None:
+        """Add one step's values (detached), each weighted by its batch size.
+
+        A value of ``None`` (a task without a batch this step) is added with weight 0.
+        """
         with torch.no_grad():  # cheaper than detaching each value
-            stacked = torch.stack(list(values))
+            present = [value for value in values if value is not None]
+            zero = present[0].new_zeros(())
+            stacked = torch.stack([zero if value is None else value for value in values])
             # Sums stay on the device in at least single precision (bf16 losses would round).
             wide = torch.promote_types(stacked.dtype, torch.float32)
-            stacked = (stacked if stacked.dtype == wide else stacked.to(wide)) * weight
+            stacked = stacked if stacked.dtype == wide else stacked.to(wide)
+            if len(set(weights)) == 1:
+                stacked = stacked * weights[0]  # the usual case: no weight tensor to build
+            else:
+                stacked = stacked * stacked.new_tensor(weights)
             self._sums = stacked if self._sums is None else self._sums + stacked
-        self._weight += weight
+        self._weights = [a + b for a, b in zip(self._weights, weights, strict=True)]
 
     def compute(
         self,
@@ -63,16 +71,17 @@ class EpochMeans:
         sums = self._sums
         if sums is None:
             sums = torch.zeros(len(self.names), device=device)
-        totals = torch.cat([sums, sums.new_tensor([self._weight])])
+        count = len(self.names)
+        totals = torch.cat([sums, sums.new_tensor(self._weights)])
         if reduce is not None:
             totals = reduce(totals)
-        means = totals[:-1] / totals[-1].clamp_min(1e-12)
+        means = totals[:count] / totals[count:].clamp_min(1e-12)
         return dict(zip(self.names, means.unbind(), strict=True))
 
     def reset(self) -> None:
         """Forget the epoch's steps."""
         self._sums = None
-        self._weight = 0.0
+        self._weights = [0.0] * len(self.names)
 
 
 class PendingMetricInputs:
@@ -119,30 +128,42 @@ def _detached(values: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return {key: value.detach() if value.requires_grad else value for key, value in values.items()}
 
 
-def is_logging_step(module: Any) -> bool:
+def attached_trainer(module: pl.LightningModule) -> pl.Trainer | None:
+    """The Trainer the module is attached to, or ``None`` when it is used on its own."""
+    try:
+        return module.trainer
+    except RuntimeError:  # Lightning's public property raises when no Trainer is attached
+        return None
+
+
+def is_logging_step(module: pl.LightningModule) -> bool:
     """Whether this training step's logged values reach the loggers.
 
-    Mirrors Lightning's rule: every ``log_every_n_steps`` optimizer steps, and when training is
-    about to stop; never without a Trainer (nothing would receive the values).
+    Lightning sends step values to the loggers every ``log_every_n_steps`` optimizer steps
+    and when training is about to stop; calling ``self.log`` on the other steps only costs
+    time. This reads the same public Trainer attributes Lightning's rule reads
+    (``log_every_n_steps``, ``global_step``, ``should_stop``); there is no public hook that
+    tells a module whether the current step logs. Never true without a Trainer.
     """
-    trainer = getattr(module, "_trainer", None)
+    trainer = attached_trainer(module)
     if trainer is None:
         return False
-    every = int(trainer.log_every_n_steps)
+    # Set by the Trainer from its log_every_n_steps argument (not declared on the class).
+    every = int(getattr(trainer, "log_every_n_steps", 0))
     if every <= 0:
         return False
     return (trainer.global_step + 1) % every == 0 or bool(trainer.should_stop)
 
 
-def shows_progress_bar(module: Any) -> bool:
+def shows_progress_bar(module: pl.LightningModule) -> bool:
     """Whether a progress bar reads the module's metrics at every step."""
-    trainer = getattr(module, "_trainer", None)
+    trainer = attached_trainer(module)
     return trainer is not None and trainer.progress_bar_callback is not None
 
 
-def sum_over_processes(module: Any) -> Callable[[Tensor], Tensor] | None:
+def sum_over_processes(module: pl.LightningModule) -> Callable[[Tensor], Tensor] | None:
     """A sum over DDP ranks through the module's Trainer strategy, or ``None`` when alone."""
-    trainer = getattr(module, "_trainer", None)
+    trainer = attached_trainer(module)
     if trainer is None or trainer.world_size <= 1:
         return None
     strategy = trainer.strategy
@@ -175,22 +196,30 @@ def log_epoch_metrics(module: pl.LightningModule, collections: Iterable[MetricCo
 
 
 def log_training_step(
-    module: pl.LightningModule, means: EpochMeans, values: Sequence[Tensor], batch_size: int
+    module: pl.LightningModule,
+    means: EpochMeans,
+    values: Sequence[Tensor | None],
+    weights: Sequence[float],
 ) -> None:
     """Log one training step's values (``means.names`` order, the total loss first) cheaply.
 
     Adds them to ``means``; logs the first (``train/loss``) for the progress bar when one is
-    shown, and every value as ``<name>_step`` on logging steps. With :func:`log_training_epoch`
-    the names are those Lightning gives ``on_step=True, on_epoch=True`` values:
-    ``<name>_step`` and ``<name>_epoch`` for the loggers, ``<name>`` in ``callback_metrics``.
+    shown, and every present value as ``<name>_step`` on logging steps. With
+    :func:`log_training_epoch` the names are those Lightning gives ``on_step=True,
+    on_epoch=True`` values: ``<name>_step`` and ``<name>_epoch`` for the loggers, ``<name>`` in
+    ``callback_metrics``. ``None`` marks a value absent from this step (weight 0).
     """
-    means.update(values, batch_size)
+    means.update(values, weights)
+    total, size = values[0], int(weights[0])
+    assert total is not None, "the total loss is present at every step"
     if shows_progress_bar(module):
-        module.log(means.names[0], values[0], prog_bar=True, logger=False, batch_size=batch_size,
+        module.log(means.names[0], total, prog_bar=True, logger=False, batch_size=size,
                    on_step=True, on_epoch=False)  # fmt: skip
     if is_logging_step(module):
-        for name, value in zip(means.names, values, strict=True):
-            module.log(f"{name}_step", value, batch_size=batch_size, on_step=True, on_epoch=False)
+        for name, value, weight in zip(means.names, values, weights, strict=True):
+            if value is not None:
+                module.log(f"{name}_step", value, batch_size=int(weight), on_step=True,
+                           on_epoch=False)  # fmt: skip
 
 
 def log_training_epoch(module: pl.LightningModule, means: EpochMeans) -> None:

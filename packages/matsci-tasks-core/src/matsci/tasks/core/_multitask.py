@@ -4,43 +4,25 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Self
+from typing import Any, Final
 
 import torch
 from torch import Tensor, nn
 from torch_geometric.data import Batch
-from torchmetrics import MeanMetric, MetricCollection
 from typing_extensions import override
 
-from matsci.contract import class_path, import_class, to_plain
-from matsci.tasks.core._base_task import (
-    STAGES,
-    BaseTaskModule,
-    Stage,
-    build_encoder,
-    rank_average_weight,
-    weighted_sum,
-)
-from matsci.tasks.core._ema import Weights, load_checkpoint_with_weights
-from matsci.tasks.core._epoch_means import (
-    EpochMeans,
-    PendingMetricInputs,
-    is_logging_step,
-    log_epoch_metrics,
-    log_training_epoch,
-    log_training_step,
-)
-from matsci.tasks.core._inputs import InputRequest, gradients_enabled, prepare_encoder_input
-from matsci.tasks.core._lean_module import LeanLightningModule
+from matsci.contract import class_path, import_class
+from matsci.tasks.core._base_task import BaseTaskModule
+from matsci.tasks.core._engine import TaskEngine, TaskEntry
 from matsci.tasks.core._loss_weights import LossWeightSchedule
-from matsci.tasks.core._optim import check_scheduler_kwargs, optimization_config, optimizer_path
+from matsci.tasks.core._optim import check_scheduler_kwargs, optimizer_path
+from matsci.tasks.core._task_config import build_encoder
 
 _ENCODER_ARGUMENTS = ("encoder", "encoder_class", "encoder_kwargs")
-_EVAL_STAGES: tuple[Stage, ...] = ("val", "test")
-_NAME = "MultiTaskLitModule"
+_NAME: Final = "MultiTaskLitModule"
 
 
-class MultiTaskLitModule(LeanLightningModule):
+class MultiTaskLitModule(TaskEngine):
     """Train several tasks, on one or more datasets, with one shared encoder.
 
     Each training step runs the encoder once per dataset batch (twice when a denoising task
@@ -148,56 +130,47 @@ class MultiTaskLitModule(LeanLightningModule):
             encoder = first.encoder
             encoder_class = first.hparams.get("encoder_class")
             encoder_kwargs = first.hparams.get("encoder_kwargs")
-        self.encoder, encoder_path = build_encoder(_NAME, encoder, encoder_class, encoder_kwargs)
+        self.encoder, encoder_config = build_encoder(_NAME, encoder, encoder_class, encoder_kwargs)
+        self.optimizer_path = optimizer_path(optimizer)
         entries = [_entry_from_tuple(item) for item in tasks]
         entries += [self._entry_from_config(config) for config in task_configs or []]
         self.tasks = nn.ModuleDict()
-        self.dataset_tasks: dict[str, list[str]] = {}
+        task_entries: list[TaskEntry] = []
         configs: list[dict[str, Any]] = []
         for dataset, task, name in entries:
-            task_id = self._add_task(dataset, task, name)
-            configs.append(_task_config(dataset, task_id.split("/", 1)[1], task))
-        self.task_scaling = _keyed(task_scaling, self.task_names, "task_scaling", float)
-        self.loss_weight_schedules = {
+            entry = self._add_task(dataset, task, name)
+            task_entries.append(entry)
+            configs.append(_task_config(dataset, entry.name.split("/", 1)[1], task))
+        names = [entry.name for entry in task_entries]
+        schedules = {
             task_id: _schedule(value, f"{_NAME}(loss_weight_schedules[{task_id!r}])")
             for task_id, value in (loss_weight_schedules or {}).items()
         }
-        _keyed(self.loss_weight_schedules, self.task_names, "loss_weight_schedules", lambda v: v)
-        self.group_lr = _keyed(group_lr, ["encoder", *self.task_names], "group_lr", float)
-        self.metrics = nn.ModuleDict(
-            {f"{stage}_metrics": self._stage_metrics(stage) for stage in STAGES}
+        scheduler_config = check_scheduler_kwargs(scheduler_kwargs)
+        self.set_up_engine(
+            task_entries,
+            lr=lr,
+            weight_decay=weight_decay,
+            optimizer_path=self.optimizer_path,
+            scheduler_config=scheduler_config,
+            task_scaling=_keyed(task_scaling, names, "task_scaling", float),
+            loss_weight_schedules=_keyed(schedules, names, "loss_weight_schedules", _same),
+            group_lr=_keyed(group_lr, ["encoder", *names], "group_lr", float),
         )
-        self.eval_losses = nn.ModuleDict(
-            {
-                f"{stage}_losses": nn.ModuleDict({_slot(t): MeanMetric() for t in self.task_names})
-                for stage in _EVAL_STAGES
-            }
-        )
-        self.lr = lr
-        self.weight_decay = weight_decay
-        self.optimizer_path = optimizer_path(optimizer)
-        self.scheduler_config = check_scheduler_kwargs(scheduler_kwargs)
-        self._requests = {dataset: self._view_groups(dataset) for dataset in self.dataset_tasks}
-        self._train_means = EpochMeans(["train/loss"])
-        self._pending_train_metrics = {t: PendingMetricInputs() for t in self.task_names}
-        # Only plain data: the checkpoint rebuilds every task from task_configs.
+        # Plain data only: the checkpoint rebuilds every task from task_configs.
         self.save_hyperparameters(
             {
                 "task_configs": configs,
-                "encoder_class": encoder_path,
-                "encoder_kwargs": to_plain(
-                    dict(encoder_kwargs) if encoder_kwargs is not None else None,
-                    argument="encoder_kwargs",
-                ),
+                "encoder_class": None if encoder_config is None else encoder_config["class_path"],
+                "encoder_kwargs": None if encoder_config is None else encoder_config["init_args"],
                 "task_scaling": dict(task_scaling or {}),
                 "loss_weight_schedules": {
-                    task_id: schedule.to_config()
-                    for task_id, schedule in self.loss_weight_schedules.items()
+                    task_id: schedule.to_config() for task_id, schedule in schedules.items()
                 },
                 "lr": lr,
                 "weight_decay": weight_decay,
                 "optimizer": self.optimizer_path,
-                "scheduler_kwargs": self.scheduler_config,
+                "scheduler_kwargs": scheduler_config,
                 "group_lr": dict(group_lr or {}),
             }
         )
@@ -207,12 +180,15 @@ class MultiTaskLitModule(LeanLightningModule):
     @property
     def task_names(self) -> list[str]:
         """Every task as ``"<dataset>/<task>"``, in the order given."""
-        return list(self.tasks.keys())
+        return [entry.name for entry in self.task_entries]
 
     @property
-    def dataset_names(self) -> list[str]:
-        """The datasets, in the order their first task was given."""
-        return list(self.dataset_tasks)
+    def dataset_tasks(self) -> dict[str, list[str]]:
+        """``{dataset: [task name, ...]}``, in the order given."""
+        grouped: dict[str, list[str]] = {}
+        for entry in self.task_entries:
+            grouped.setdefault(entry.dataset, []).append(entry.name)
+        return grouped
 
     def task(self, task_name: str) -> BaseTaskModule:
         """The task named ``"<dataset>/<task>"`` (it shares this module's encoder).
@@ -222,10 +198,7 @@ class MultiTaskLitModule(LeanLightningModule):
         KeyError
             Naming the known tasks.
         """
-        if task_name not in self.tasks:
-            raise KeyError(f"{_NAME}: no task {task_name!r}; tasks are {self.task_names}")
-        task: BaseTaskModule = self.tasks[task_name]  # type: ignore[assignment]
-        return task
+        return self.entry(task_name).task
 
     def _entry_from_config(
         self, config: Mapping[str, Any]
@@ -249,7 +222,7 @@ class MultiTaskLitModule(LeanLightningModule):
         name = config.get("name")
         return str(config.get("dataset")), task, (None if name is None else str(name))
 
-    def _add_task(self, dataset: str, task: BaseTaskModule, name: str | None) -> str:
+    def _add_task(self, dataset: str, task: BaseTaskModule, name: str | None) -> TaskEntry:
         for label, value in (("dataset", dataset), ("task name", name or "x")):
             if not value or "." in value or "/" in value:
                 raise ValueError(f"{_NAME}: {label} {value!r} must be non-empty, without . or /")
@@ -265,68 +238,44 @@ class MultiTaskLitModule(LeanLightningModule):
                 f"{_NAME}: task {task_id!r} was built for an encoder with embedding_dim "
                 f"{task.encoder.embedding_dim}, the shared encoder has {self.encoder.embedding_dim}"
             )
-        # The task keeps a plain reference to the shared encoder, not a submodule: the encoder's
-        # weights appear once in the state dict and once in the optimizer.
-        task._modules.pop("encoder", None)
-        object.__setattr__(task, "encoder", self.encoder)
-        self.tasks[task_id] = task
-        self.dataset_tasks.setdefault(dataset, []).append(task_id)
-        return task_id
-
-    def _view_groups(self, dataset: str) -> list[tuple[InputRequest, list[str]]]:
-        """Tasks of one dataset grouped by the positions they need: one encoder pass per group."""
-        groups: dict[str, list[str]] = {}
-        for task_id in self.dataset_tasks[dataset]:
-            groups.setdefault(self.task(task_id).input_request().view, []).append(task_id)
-        return [
-            (InputRequest.merge(self.task(t).input_request() for t in ids), ids)
-            for ids in groups.values()
-        ]
-
-    def _stage_metrics(self, stage: Stage) -> nn.ModuleDict:
-        per_task = {}
-        for task_id in self.task_names:
-            task = self.task(task_id)
-            per_task[_slot(task_id)] = nn.ModuleDict(
-                {
-                    key: task.build_metrics(key).clone(prefix=f"{stage}/{task_id}/{key}/")
-                    for key in task.task_keys
-                }
+        # One optimizer and one schedule serve every task: a task's own lr and weight_decay
+        # become its parameter group's, but another optimizer or schedule cannot be honoured.
+        if task.scheduler_config is not None:
+            raise ValueError(
+                f"{_NAME}: task {task_id!r} has its own scheduler_kwargs; give the schedule to "
+                f"{_NAME}(scheduler_kwargs=...), which schedules every parameter group"
             )
-        return nn.ModuleDict(per_task)
-
-    # -- the forward pass ----------------------------------------------------------------------
+        if task.optimizer_path != self.optimizer_path:
+            raise ValueError(
+                f"{_NAME}: task {task_id!r} asks for optimizer {task.optimizer_path}, the module "
+                f"uses {self.optimizer_path}; give the optimizer to {_NAME}(optimizer=...)"
+            )
+        # Every task reads the shared encoder (a submodule of each, the same object).
+        task.encoder = self.encoder
+        self.tasks[task_id] = task
+        return TaskEntry(dataset, task_id, task, log_prefix=f"{task_id}/")
 
     @override
-    def forward(self, batches: Mapping[str, Batch | None]) -> dict[str, dict[str, Tensor]]:
+    def forward(self, batches: Mapping[str, Batch | None] | Batch) -> dict[str, dict[str, Tensor]]:
         """Raw outputs (normalized units) of every task whose dataset has a batch.
 
         Parameters
         ----------
         batches
-            ``{dataset_name: batch}``; datasets that are missing or ``None`` are skipped.
+            ``{dataset_name: batch}`` (datasets that are missing or ``None`` are skipped), or
+            one batch when the module has a single dataset.
 
         Returns
         -------
         dict
             ``{"<dataset>/<task>": {key: output}}``.
+
+        Raises
+        ------
+        ValueError
+            For one plain batch when the module has several datasets, or an unknown dataset.
         """
-        outputs: dict[str, dict[str, Tensor]] = {}
-        keep_graph = self.training and torch.is_grad_enabled()
-        for dataset, groups in self._requests.items():
-            batch = batches.get(dataset)
-            if batch is None:
-                continue
-            for request, task_ids in groups:
-                with gradients_enabled(request.needs_gradients):
-                    encoder_input = prepare_encoder_input(
-                        batch, request, keep_graph=keep_graph, shared=len(task_ids) > 1
-                    )
-                    embeddings = self.encoder(encoder_input.batch)
-                    for task_id in task_ids:
-                        task = self.task(task_id)
-                        outputs[task_id] = task.outputs_from_embeddings(embeddings, encoder_input)
-        return outputs
+        return self.task_outputs(self.batches_by_dataset(batches, None, "predict"))
 
     @torch.no_grad()
     def predict(
@@ -344,206 +293,20 @@ class MultiTaskLitModule(LeanLightningModule):
         dict
             For every dataset with a batch, each of its tasks' :meth:`BaseTaskModule.predict`.
         """
-        by_dataset = self._by_dataset(batches, None, "predict")
-        outputs = self(by_dataset)
-        predictions: dict[str, dict[str, dict[str, Tensor]]] = {}
-        for task_id, task_outputs in outputs.items():
+        return self.format_predictions(
+            self.task_predictions(self.batches_by_dataset(batches, None, "predict"))
+        )
+
+    @override
+    def format_predictions(
+        self, predictions: dict[str, dict[str, Tensor]]
+    ) -> dict[str, dict[str, dict[str, Tensor]]]:
+        """``{dataset: {task: {key: prediction}}}`` from ``{"<dataset>/<task>": {...}}``."""
+        nested: dict[str, dict[str, dict[str, Tensor]]] = {}
+        for task_id, values in predictions.items():
             dataset, name = task_id.split("/", 1)
-            task = self.task(task_id)
-            batch = by_dataset[dataset]
-            predictions.setdefault(dataset, {})[name] = task.physical_predictions(
-                task_outputs, batch
-            )
-        return predictions
-
-    # -- Lightning hooks -----------------------------------------------------------------------
-
-    @override
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
-        return self._step(batch, "train", None)
-
-    @override
-    def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
-        return self._step(batch, "val", dataloader_idx)
-
-    @override
-    def test_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
-        return self._step(batch, "test", dataloader_idx)
-
-    @override
-    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Any:
-        by_dataset = self._by_dataset(batch, dataloader_idx, "predict")
-        for dataset, data in by_dataset.items():
-            for task_id in self.dataset_tasks[dataset]:
-                self.task(task_id)._check_batch(data, "predict", with_targets=False)
-        return self.predict(by_dataset)
-
-    @override
-    def on_train_epoch_start(self) -> None:
-        self._train_means.reset()
-        for pending in self._pending_train_metrics.values():
-            pending.clear()
-
-    @override
-    def on_train_epoch_end(self) -> None:
-        log_training_epoch(self, self._train_means)
-        for task_id in self.task_names:
-            self._flush_train_metrics(task_id)
-        self._log_epoch_metrics("train")
-
-    def _flush_train_metrics(self, task_id: str) -> None:
-        pending = self._pending_train_metrics[task_id].pop()
-        if pending is not None:
-            collections = self._metric_collections("train", task_id)
-            self.task(task_id)._feed_metrics(collections, *pending)
-
-    @override
-    def on_validation_epoch_end(self) -> None:
-        self._log_eval_losses("val")
-        self._log_epoch_metrics("val")
-
-    @override
-    def on_test_epoch_end(self) -> None:
-        self._log_eval_losses("test")
-        self._log_epoch_metrics("test")
-
-    @override
-    def configure_optimizers(self) -> Any:
-        return optimization_config(
-            self.optimizer_path, self.parameter_groups(), self.lr, self.weight_decay,
-            self.scheduler_config,
-        )  # fmt: skip
-
-    def parameter_groups(self) -> list[dict[str, Any]]:
-        """The encoder's group, then one group per task (its heads), named like the task.
-
-        Returns
-        -------
-        list of dict
-            ``{"name", "params"[, "lr"]}`` per group with parameters; ``lr`` from ``group_lr``.
-        """
-        groups = [{"name": "encoder", "params": list(self.encoder.parameters())}]
-        groups += [
-            {"name": task_id, "params": list(self.task(task_id).parameters())}
-            for task_id in self.task_names
-        ]
-        for group in groups:
-            if group["name"] in self.group_lr:
-                group["lr"] = self.group_lr[group["name"]]
-        return [group for group in groups if group["params"]]
-
-    def loss_weight(self, task_name: str) -> float:
-        """The weight of a task's loss at the current step: ``task_scaling`` times its schedule."""
-        weight = float(self.task_scaling.get(task_name, 1.0))
-        schedule = self.loss_weight_schedules.get(task_name)
-        return weight * schedule(self.global_step) if schedule is not None else weight
-
-    # -- one step ------------------------------------------------------------------------------
-
-    def _step(self, batch: Any, stage: Stage, dataloader_idx: int | None) -> Tensor:
-        by_dataset = self._by_dataset(batch, dataloader_idx, stage)
-        for dataset, data in by_dataset.items():
-            for task_id in self.dataset_tasks[dataset]:
-                self.task(task_id)._check_batch(data, stage, with_targets=True)
-        outputs = self(by_dataset)
-        training = stage == "train"
-        terms: list[tuple[float, Tensor]] = []
-        for task_id, task_outputs in outputs.items():
-            task = self.task(task_id)
-            data = by_dataset[task_id.split("/", 1)[0]]
-            batch_size = int(data.num_graphs)
-            targets = task.get_targets(data)
-            task_total, losses = task.compute_losses(task_outputs, data, targets=targets)
-            terms.append((self.loss_weight(task_id), task_total))
-            if training:
-                # Step values reach the loggers only on logging steps: log them only there.
-                if is_logging_step(self):
-                    self.log(f"train/{task_id}/loss", task_total, batch_size=batch_size)
-                    for key, value in losses.items():
-                        self.log(f"train/{task_id}/{key}/loss", value, batch_size=batch_size)
-            else:
-                self._eval_loss(stage, task_id).update(task_total.detach(), weight=batch_size)
-                for key, value in losses.items():
-                    self.log(f"{stage}/{task_id}/{key}/loss", value, sync_dist=True,
-                             batch_size=rank_average_weight(batch_size),
-                             add_dataloader_idx=False)  # fmt: skip
-            # Metrics are computed, logged and reset once per epoch (on_*_epoch_end); training
-            # steps are fed in groups (see BaseTaskModule._update_metrics).
-            if not training:
-                collections = self._metric_collections(stage, task_id)
-                task._feed_metrics(collections, task_outputs, targets)
-            elif self._pending_train_metrics[task_id].add(task_outputs, targets):
-                self._flush_train_metrics(task_id)
-        if training:
-            # Heads of tasks without a batch this step still join the graph (with weight 0), so
-            # DDP sees a gradient for every parameter and needs no find_unused_parameters.
-            absent = [t for t in self.task_names if t not in outputs]
-            terms += [(0.0, p.sum()) for t in absent for p in self.task(t).parameters()]
-        total = weighted_sum(terms)
-        if training:
-            size = sum(int(data.num_graphs) for data in by_dataset.values())
-            log_training_step(self, self._train_means, [total], size)
-        return total
-
-    def _eval_loss(self, stage: Stage, task_id: str) -> MeanMetric:
-        losses: nn.ModuleDict = self.eval_losses[f"{stage}_losses"]  # type: ignore[assignment]
-        metric: MeanMetric = losses[_slot(task_id)]  # type: ignore[assignment]
-        return metric
-
-    def _metric_collections(self, stage: Stage, task_id: str) -> Mapping[str, MetricCollection]:
-        per_task: nn.ModuleDict = self.metrics[f"{stage}_metrics"]  # type: ignore[assignment]
-        collections: Mapping[str, MetricCollection] = per_task[_slot(task_id)]  # type: ignore[assignment]
-        return collections
-
-    def _log_epoch_metrics(self, stage: Stage) -> None:
-        log_epoch_metrics(
-            self,
-            [c for t in self.task_names for c in self._metric_collections(stage, t).values()],
-        )
-
-    def _log_eval_losses(self, stage: Stage) -> None:
-        total: Tensor | None = None
-        for task_id in self.task_names:
-            metric = self._eval_loss(stage, task_id)
-            if not metric.update_called:
-                continue
-            value = metric.compute()  # reduced over DDP ranks by torchmetrics
-            metric.reset()
-            self.log(f"{stage}/{task_id}/loss", value)
-            weighted = self.loss_weight(task_id) * value
-            total = weighted if total is None else total + weighted
-        if total is not None:
-            self.log(f"{stage}/loss", total, prog_bar=True)
-
-    def _by_dataset(self, batch: Any, dataloader_idx: int | None, stage: str) -> dict[str, Batch]:
-        """The step's batches keyed by dataset, without the datasets that have none."""
-        if isinstance(batch, Mapping):
-            unknown = [name for name in batch if name not in self.dataset_tasks]
-            if unknown:
-                raise ValueError(
-                    f"{_NAME}: batches for unknown datasets {unknown}; datasets with tasks are "
-                    f"{self.dataset_names}"
-                )
-            return {name: value for name, value in batch.items() if value is not None}
-        return {self._dataset_of_loader(dataloader_idx, stage): batch}
-
-    def _dataset_of_loader(self, dataloader_idx: int | None, stage: str) -> str:
-        if len(self.dataset_tasks) == 1:
-            return self.dataset_names[0]
-        loaders = None
-        if self._trainer is not None and dataloader_idx is not None:
-            loaders = {
-                "val": self.trainer.val_dataloaders,
-                "test": self.trainer.test_dataloaders,
-                "predict": self.trainer.predict_dataloaders,
-            }.get(stage)
-        if isinstance(loaders, Mapping):
-            assert dataloader_idx is not None
-            return str(list(loaders)[dataloader_idx])
-        raise ValueError(
-            f"{_NAME}: a {stage} batch without its dataset name; with several datasets give "
-            f"batches as {{dataset: batch}} or loaders as a dict keyed by {self.dataset_names}"
-        )
+            nested.setdefault(dataset, {})[name] = values
+        return nested
 
     # -- normalization, extraction, checkpoints -------------------------------------------------
 
@@ -600,67 +363,9 @@ class MultiTaskLitModule(LeanLightningModule):
             encoder_kwargs=self.hparams.get("encoder_kwargs"),
             **config["init_args"],
         )
-        task.load_state_dict(source.state_dict(), strict=False)
-        missing = set(source.state_dict()) - set(task.state_dict())
-        if missing:
-            raise ValueError(f"{_NAME}.extract_task: weights {sorted(missing)} did not transfer")
+        # The source task holds the shared encoder too: every weight transfers, strictly.
+        task.load_state_dict(source.state_dict(), strict=True)
         return task.to(device=self.device)
-
-    @classmethod
-    @override
-    def load_from_checkpoint(
-        cls,
-        checkpoint_path: Any,
-        map_location: Any = None,
-        hparams_file: Any = None,
-        strict: bool | None = None,
-        weights_only: bool | None = True,
-        weights: Weights = "evaluation",
-        **kwargs: Any,
-    ) -> Self:
-        """Restore the module, every task and the shared encoder, with ``weights_only=True``.
-
-        Parameters
-        ----------
-        checkpoint_path
-            Path (or file object) of the checkpoint.
-        map_location
-            Where to put tensors, as in :func:`torch.load`.
-        hparams_file
-            Optional YAML of hyperparameters overriding the stored ones.
-        strict
-            Whether the state dict must match exactly.
-        weights_only
-            Passed to :func:`torch.load`; ``True`` unless set.
-        weights
-            ``"evaluation"``: the weights validation used (the averaged ones when the checkpoint
-            has an :class:`ExponentialMovingAverage` record); ``"raw"``: the trained weights.
-        **kwargs
-            Constructor arguments overriding the stored ones (e.g. ``encoder=...`` when the
-            encoder's class cannot be imported by its path).
-
-        Returns
-        -------
-        MultiTaskLitModule
-            The restored module.
-
-        Raises
-        ------
-        ValueError
-            If the file is truncated, corrupted or not a Lightning checkpoint (naming it), or
-            ``weights`` is unknown.
-        """
-        module = load_checkpoint_with_weights(
-            super().load_from_checkpoint, checkpoint_path, weights,
-            caller=f"{cls.__name__}.load_from_checkpoint", map_location=map_location,
-            hparams_file=hparams_file, strict=strict, weights_only=weights_only, **kwargs,
-        )  # fmt: skip
-        return module
-
-
-def _slot(task_id: str) -> str:
-    """A module-dict key for a task (``.`` is not allowed there, ``/`` reads badly in names)."""
-    return task_id.replace("/", "__")
 
 
 def _task_class(path: str) -> type[BaseTaskModule]:
@@ -693,6 +398,10 @@ def _task_config(dataset: str, name: str, task: BaseTaskModule) -> dict[str, Any
 
 def _config_id(config: Mapping[str, Any]) -> str:
     return f"{config['dataset']}/{config['name']}"
+
+
+def _same(value: Any) -> Any:
+    return value
 
 
 def _schedule(value: LossWeightSchedule | Mapping[str, Any], argument: str) -> LossWeightSchedule:

@@ -9,6 +9,8 @@ from typing import NamedTuple, Self
 import torch
 from torch import Tensor
 
+from matsci.contract import StreamingMoments
+
 _STATS_DTYPE = torch.float64
 """Dtype of every buffer: statistics are accumulated and stored in double precision."""
 
@@ -22,8 +24,10 @@ class Normalizer(torch.nn.Module):
     They can be given directly or fitted from data that never has to fit in memory: :meth:`update`
     streams one chunk at a time into per-column running accumulators (``count``,
     ``running_mean``, ``m2``; also buffers, so a fit can be resumed from a checkpoint) with the
-    parallel algorithm of Chan, Golub and LeVeque (1979), and :meth:`finalize` turns them into
-    ``mean`` and ``std``:
+    parallel algorithm of Chan, Golub and LeVeque (1979), as
+    :class:`~matsci.contract.StreamingMoments` implements it, and :meth:`finalize` turns them
+    into ``mean`` and ``std``; :meth:`load_statistics` takes them from a
+    :class:`~matsci.contract.DatasetStatistics` instead:
 
     .. math::
         n = n_a + n_b, \quad \delta = \bar{x}_b - \bar{x}_a, \quad
@@ -159,9 +163,9 @@ class Normalizer(torch.nn.Module):
         """Stream one chunk of targets into the running accumulators.
 
         The chunk's per-column count, mean and sum of squared deviations are computed in float64
-        and merged with Chan et al.'s parallel update, so the result does not depend on how the
-        data is split into chunks. ``NaN`` entries mark missing targets and are skipped per column.
-        Call :meth:`finalize` after the last chunk.
+        and merged with Chan et al.'s parallel update (:class:`~matsci.contract.StreamingMoments`),
+        so the result does not depend on how the data is split into chunks. ``NaN`` entries mark
+        missing targets and are skipped per column. Call :meth:`finalize` after the last chunk.
 
         Parameters
         ----------
@@ -175,39 +179,11 @@ class Normalizer(torch.nn.Module):
         TypeError
             If ``values`` is complex or boolean.
         """
-        if values.is_complex() or values.dtype == torch.bool:
-            raise TypeError(f"Normalizer.update: expected real values, got dtype {values.dtype}")
-        if not (values.ndim == 2 and values.shape[1] == self.dim) and not (
-            values.ndim == 1 and self.dim == 1
-        ):
-            expected = "[M, dim] or [M]" if self.dim == 1 else "[M, dim]"
-            raise ValueError(
-                f"Normalizer(dim={self.dim}).update: values of shape {tuple(values.shape)} do not "
-                f"match {expected}"
-            )
-        chunk = values.detach().to(device=self.count.device, dtype=_STATS_DTYPE)
-        chunk = chunk.reshape(chunk.shape[0], self.dim)  # [M, dim]
-        if bool(torch.isinf(chunk).any()):
-            columns = torch.isinf(chunk).any(dim=0).nonzero().flatten().tolist()
-            raise ValueError(
-                f"Normalizer(dim={self.dim}).update: infinite value in column(s) {columns}; "
-                "use NaN for a missing target"
-            )
-        present = ~torch.isnan(chunk)  # [M, dim]
-        chunk = torch.where(present, chunk, 0.0)
-        count_b = present.sum(dim=0).to(_STATS_DTYPE)  # [dim]
-        mean_b = chunk.sum(dim=0) / count_b.clamp(min=1.0)
-        m2_b = torch.where(present, chunk - mean_b, 0.0).square().sum(dim=0)
-
-        count_a = self.count.to(_STATS_DTYPE)
-        mean_a = self.running_mean.to(_STATS_DTYPE)
-        total = count_a + count_b
-        safe_total = total.clamp(min=1.0)  # columns still empty stay at 0
-        delta = mean_b - mean_a
-        self.running_mean.copy_(mean_a + delta * (count_b / safe_total))
-        cross = delta.square() * (count_a * count_b / safe_total)
-        self.m2.copy_(self.m2.to(_STATS_DTYPE) + m2_b + cross)
-        self.count.copy_(total)
+        moments = StreamingMoments.from_state(self.count, self.running_mean, self.m2)
+        moments.update(values, context=f"Normalizer(dim={self.dim}).update")
+        self.count.copy_(moments.count)
+        self.running_mean.copy_(moments.mean)
+        self.m2.copy_(moments.m2)
 
     @torch.no_grad()
     def finalize(self) -> None:
@@ -229,11 +205,77 @@ class Normalizer(torch.nn.Module):
                 f"Normalizer(dim={self.dim}).finalize: column(s) {empty} have no values; "
                 "call update() with data holding at least one non-NaN value per column"
             )
-        count = self.count.to(_STATS_DTYPE)
-        std = (self.m2.to(_STATS_DTYPE).clamp(min=0.0) / count).sqrt()
-        std = torch.where(std < self.eps, 1.0, std)
+        std = StreamingMoments.from_state(self.count, self.running_mean, self.m2).std
         self.mean.copy_(self.running_mean)
-        self.std.copy_(std)
+        self.std.copy_(self._usable_std(std))
+
+    @torch.no_grad()
+    def load_statistics(self, mean: Tensor, std: Tensor, count: Tensor | None = None) -> None:
+        """Set ``mean`` and ``std`` from statistics computed elsewhere, as :meth:`finalize` would.
+
+        Takes what :func:`matsci.data.compute_statistics` reports for a key
+        (``stats.mean[key]``, ``stats.std[key]``, ``stats.count[key]`` of a
+        :class:`~matsci.contract.DatasetStatistics`): fed the same chunks, :meth:`fit` and this
+        method give the same ``mean`` and ``std``. A std below ``eps`` becomes 1, as in
+        :meth:`finalize`. With ``count`` the accumulators are set to the statistics
+        (``m2 = std² · count``), so later :meth:`update` calls extend the fit; without it they
+        are zeroed.
+
+        Parameters
+        ----------
+        mean
+            ``[dim]`` mean per column.
+        std
+            ``[dim]`` population standard deviation per column, >= 0.
+        count
+            ``[dim]`` number of values per column, optional.
+
+        Raises
+        ------
+        ValueError
+            If a tensor is not ``[dim]``, a column has no values (``count`` 0), or ``mean`` or
+            ``std`` is not finite or ``std`` is negative.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from matsci.tasks.core import Normalizer
+        >>> normalizer = Normalizer(dim=2)
+        >>> normalizer.load_statistics(torch.tensor([1.0, 2.0]), torch.tensor([0.5, 0.0]))
+        >>> normalizer
+        Normalizer(dim=2, mean=[1, 2], std=[0.5, 1])
+        """
+        where = f"Normalizer(dim={self.dim}).load_statistics"
+        given = {"mean": mean, "std": std} | ({} if count is None else {"count": count})
+        columns: dict[str, Tensor] = {}
+        for name, tensor in given.items():
+            if tuple(tensor.shape) != (self.dim,):
+                raise ValueError(
+                    f"{where}: {name} of shape {tuple(tensor.shape)}; expected [{self.dim}]"
+                )
+            columns[name] = tensor.detach().to(device=self.mean.device, dtype=_STATS_DTYPE)
+        if "count" in columns:
+            empty = (columns["count"] == 0).nonzero().flatten().tolist()
+            if empty:
+                raise ValueError(f"{where}: column(s) {empty} have no values")
+        mean, std = columns["mean"], columns["std"]
+        if not bool(torch.isfinite(mean).all() & torch.isfinite(std).all() & (std >= 0).all()):
+            raise ValueError(
+                f"{where}: mean={_format(mean)}, std={_format(std)}; expected finite values "
+                "and std >= 0"
+            )
+        self.mean.copy_(mean)
+        self.std.copy_(self._usable_std(std))
+        if "count" in columns:
+            self.count.copy_(columns["count"])
+            self.running_mean.copy_(mean)
+            self.m2.copy_(std.square() * columns["count"])
+        else:
+            self.reset_statistics()
+
+    def _usable_std(self, std: Tensor) -> Tensor:
+        """``std`` with every value below ``eps`` (a constant column) replaced by 1."""
+        return torch.where(std < self.eps, 1.0, std)
 
     def reset_statistics(self) -> None:
         """Zero the running accumulators; ``mean`` and ``std`` are left as they are."""

@@ -2,6 +2,10 @@
 
 from importlib.metadata import version as _version
 
+# Re-exported: the streaming reference-energy fit and the table length live in the contract,
+# beside the other dataset statistics.
+from matsci.contract import NUM_ELEMENTS, ReferenceEnergyFit
+
 # Re-exported: they moved to tasks-core, where multi-task training shares encoder passes.
 from matsci.tasks.core import autograd_ready_copy, gradients_enabled
 from matsci.tasks.physics._force_regression import FIXED, ForceRegressionTask
@@ -10,7 +14,6 @@ from matsci.tasks.physics._gradfree_force import (
     GradFreeForceRegressionTask,
 )
 from matsci.tasks.physics._node_denoising import NodeDenoisingTask
-from matsci.tasks.physics._reference_energies import NUM_ELEMENTS, ReferenceEnergyFit
 
 __version__ = _version("matsci-tasks-physics")
 

@@ -12,7 +12,13 @@ from torch_geometric.utils import scatter
 from torchmetrics import CosineSimilarity, MeanAbsoluteError, MeanSquaredError, MetricCollection
 from typing_extensions import override
 
-from matsci.contract import keys
+from matsci.contract import (
+    NUM_ELEMENTS,
+    DatasetStatistics,
+    ReferenceEnergyFit,
+    StreamingRMS,
+    keys,
+)
 from matsci.tasks.core import (
     AttributeSpec,
     BaseTaskModule,
@@ -23,7 +29,6 @@ from matsci.tasks.core import (
     prepare_encoder_input,
     structure_index,
 )
-from matsci.tasks.physics._reference_energies import NUM_ELEMENTS, ReferenceEnergyFit
 
 FIXED = "fixed"
 """Optional per-atom attribute, [N] bool: atoms held fixed, left out of the force loss."""
@@ -106,6 +111,7 @@ class ForceRegressionTask(BaseTaskModule):
     """
 
     default_loss = "torch.nn.MSELoss"
+    pools_atom_embeddings = False
 
     reference_energies: Tensor
     energy_scale: Tensor
@@ -148,10 +154,6 @@ class ForceRegressionTask(BaseTaskModule):
         self.register_buffer("reference_energies", table)
         self.register_buffer("energy_scale", torch.tensor(float(energy_scale)))
         self.register_buffer("energy_shift", torch.tensor(float(energy_shift)))
-        # Buffers hold the fitted values; the constructor arguments would apply them twice.
-        self.hparams["reference_energies"] = None
-        self.hparams["energy_scale"] = 1.0
-        self.hparams["energy_shift"] = 0.0
 
     # -- heads, targets, metrics ----------------------------------------------------------------
 
@@ -395,25 +397,68 @@ class ForceRegressionTask(BaseTaskModule):
         ValueError
             If no energy or no finite force was seen.
         """
-        fit_keys = set(keys_to_fit or [keys.ENERGY, keys.FORCE])
-        references = ReferenceEnergyFit()
-        square_sum, count = 0.0, 0
+        fit_keys = list(keys_to_fit or [keys.ENERGY, keys.FORCE])
+        references, force = ReferenceEnergyFit(), StreamingRMS()
+        structures = atoms = 0
         for batch in batches:
+            structures += _num_structures(batch)
+            atoms += int(batch[keys.POS].shape[0])
             if keys.ENERGY in fit_keys:
                 references.update(batch[keys.ATOMIC_NUMBERS], structure_index(batch),
                                   batch[keys.ENERGY])  # fmt: skip
             if keys.FORCE in fit_keys:
-                force = batch[keys.FORCE].double()
-                present = ~torch.isnan(force)
-                square_sum += float(force[present].square().sum())
-                count += int(present.sum())
-        if keys.ENERGY in fit_keys:
-            self.reference_energies.copy_(references.solve())
+                force.update(batch[keys.FORCE])
+        statistics = DatasetStatistics(
+            num_structures=structures,
+            num_atoms=atoms,
+            reference_energies=references.solve() if keys.ENERGY in fit_keys else None,
+            force_rms=force.rms if keys.FORCE in fit_keys and force.count > 0 else None,
+        )
+        self.apply_statistics(statistics, fit_keys)
+
+    @override
+    @torch.no_grad()
+    def apply_statistics(
+        self, statistics: DatasetStatistics, keys_to_apply: Sequence[str] | None = None
+    ) -> None:
+        """Set the per-element reference energies and the energy scale (the force RMS).
+
+        Parameters
+        ----------
+        statistics
+            Statistics of the training data with ``energy`` and ``force``
+            (:func:`matsci.data.compute_statistics` with ``keys=["energy", "force"]``).
+        keys_to_apply
+            ``["energy"]`` (references only), ``["force"]`` (scale only) or both (default).
+
+        Raises
+        ------
+        ValueError
+            If the statistics lack the reference energies or a non-zero force RMS, or a key is
+            neither ``energy`` nor ``force``.
+        """
+        apply = list(keys_to_apply or [keys.ENERGY, keys.FORCE])
+        unknown = sorted(set(apply) - {keys.ENERGY, keys.FORCE})
+        if unknown:
+            raise ValueError(
+                f"ForceRegressionTask.apply_statistics: keys {unknown}; expected 'energy' "
+                "(reference energies) and/or 'force' (energy scale)"
+            )
+        if keys.ENERGY in apply:
+            if statistics.reference_energies is None:
+                raise ValueError(
+                    "ForceRegressionTask.apply_statistics: no reference energies (no energy seen, "
+                    "or statistics computed without the 'energy' key)"
+                )
+            self.reference_energies.copy_(statistics.reference_energies)
             self.energy_shift.zero_()
-        if keys.FORCE in fit_keys:
-            if count == 0 or square_sum == 0.0:
-                raise ValueError("ForceRegressionTask.fit_normalizers: no non-zero force seen")
-            self.energy_scale.fill_((square_sum / count) ** 0.5)
+        if keys.FORCE in apply:
+            if not statistics.force_rms:
+                raise ValueError(
+                    "ForceRegressionTask.apply_statistics: no non-zero force seen (force_rms "
+                    f"{statistics.force_rms})"
+                )
+            self.energy_scale.fill_(statistics.force_rms)
 
 
 def _num_structures(batch: Batch) -> int:

@@ -52,6 +52,8 @@ class GradFreeForceRegression(BaseTaskModule):
     torch.Size([5, 3])
     """
 
+    pools_atom_embeddings = False
+
     fixed_task_keys = (keys.FORCE,)
     per_atom_targets = True
 

@@ -59,6 +59,8 @@ class NodeDenoisingTask(BaseTaskModule):
     torch.Size([4, 3])
     """
 
+    pools_atom_embeddings = False
+
     fixed_task_keys = (keys.DENOISE,)
     per_atom_targets = True
 

@@ -9,6 +9,10 @@ import lightning.pytorch as pl
 import torch
 from typing_extensions import override
 
+from matsci.tasks.core import BaseTaskModule, MultiTaskLitModule
+
+__all__ = ["FitNormalizers"]
+
 
 class FitNormalizers(pl.Callback):
     """Call the model's ``fit_normalizers`` on the training loader when a new fit starts.
@@ -22,15 +26,21 @@ class FitNormalizers(pl.Callback):
 
     A :class:`~matsci.tasks.core.MultiTaskLitModule` with a
     :class:`~matsci.data.MultiDataModule` gets each dataset's training loader by name, so every
-    task fits on its own dataset. Models without a ``fit_normalizers`` method are left alone.
+    task fits on its own dataset. Modules that are not matsci tasks are left alone.
 
     Parameters
     ----------
     enabled
         Fit (default) or leave the normalizers as the config gives them.
 
+    Raises
+    ------
+    ValueError
+        At setup, if a multi-task module comes with a data module that has no ``datasets``.
+
     Examples
     --------
+    >>> from matsci.training import FitNormalizers
     >>> FitNormalizers(enabled=False)
     FitNormalizers(enabled=False)
     """
@@ -43,21 +53,26 @@ class FitNormalizers(pl.Callback):
         """Fit the normalizers at the start of a fresh fit."""
         if not self.enabled or stage != "fit" or trainer.ckpt_path is not None:
             return
-        fit = getattr(pl_module, "fit_normalizers", None)
         datamodule = getattr(trainer, "datamodule", None)
-        if fit is None or datamodule is None:
+        if datamodule is None:
             return
         device = pl_module.device
-        datasets = getattr(datamodule, "datasets", None)
-        if isinstance(datasets, Mapping) and hasattr(pl_module, "dataset_tasks"):
-            fit(
+        if isinstance(pl_module, MultiTaskLitModule):
+            datasets = getattr(datamodule, "datasets", None)
+            if not isinstance(datasets, Mapping):
+                raise ValueError(
+                    f"FitNormalizers: a MultiTaskLitModule fits each task on its own dataset and "
+                    f"needs a data module per dataset (a MultiDataModule); got "
+                    f"{type(datamodule).__name__}"
+                )
+            pl_module.fit_normalizers(
                 {
-                    name: _OnDevice(module.train_dataloader(), device)
-                    for name, module in datasets.items()
+                    name: _OnDevice(data.train_dataloader(), device)
+                    for name, data in datasets.items()
                 }
             )
-        else:
-            fit(_OnDevice(datamodule.train_dataloader(), device))
+        elif isinstance(pl_module, BaseTaskModule):
+            pl_module.fit_normalizers(_OnDevice(datamodule.train_dataloader(), device))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(enabled={self.enabled})"

@@ -81,7 +81,7 @@ def count_atoms_and_structures(batch: Any) -> tuple[int, int]:
     --------
     >>> import torch
     >>> from torch_geometric.data import Batch, Data
-    >>> from matsci.tasks.core import count_atoms_and_structures
+    >>> from matsci.training import count_atoms_and_structures
     >>> pair = Data(pos=torch.zeros(2, 3))
     >>> count_atoms_and_structures({"bulk": Batch.from_data_list([pair, pair]), "other": None})
     (4, 2)
@@ -101,18 +101,21 @@ def count_atoms_and_structures(batch: Any) -> tuple[int, int]:
 class AtomThroughputMonitor(Callback):
     """Log atoms per second, structures per second and the data-wait fraction while training.
 
-    Every ``log_every_n_steps`` optimizer steps (the Trainer's setting by default) it logs, for
-    the steps since the last log, ``throughput/atoms_per_s``, ``throughput/structures_per_s``
-    and ``throughput/data_wait_fraction``: the share of wall time spent between training steps
+    Every ``log_every_n_steps`` optimizer steps (the Trainer's setting by default), and for the
+    remaining steps when training ends, it logs for the steps since the last log
+    ``throughput/atoms_per_s``, ``throughput/structures_per_s`` and
+    ``throughput/data_wait_fraction``: the share of wall time spent between training steps
     (fetching and collating the next batch, moving it to the device, the loop's bookkeeping)
-    rather than inside them. Validation runs are left out of the spans. Lightning's own
+    rather than inside them. Validation runs are left out of the spans. The values go straight
+    to the Trainer's loggers (``logger.log_metrics`` at ``step=global_step``, rank zero), on
+    this schedule of its own. Lightning's own
     :class:`~lightning.pytorch.callbacks.ThroughputMonitor` counts samples of a fixed size and
     needs FLOPs; structures differ in size, so this one counts atoms and adds the data wait.
 
-    Cost: two clock readings and a size lookup per step (no device synchronization), and
-    three ``log`` calls on logging steps. On a GPU the device is synchronized on logging steps
-    only, so each span's total is exact; the split between waiting and computing is what the
-    host saw (the host may queue work ahead of the device). Figures are per process.
+    Cost: two clock readings and a size lookup per step (no device synchronization). On a GPU
+    the device is synchronized on logging steps only, so each span's total is exact; the split
+    between waiting and computing is what the host saw (the host may queue work ahead of the
+    device). Figures are per process.
 
     Parameters
     ----------
@@ -135,7 +138,7 @@ class AtomThroughputMonitor(Callback):
 
     Examples
     --------
-    >>> from matsci.tasks.core import AtomThroughputMonitor
+    >>> from matsci.training import AtomThroughputMonitor
     >>> monitor = AtomThroughputMonitor(log_every_n_steps=10)
     >>> monitor.total.steps, monitor.last is None
     (0, True)
@@ -203,22 +206,18 @@ class AtomThroughputMonitor(Callback):
         batch: Any,
         batch_idx: int,
     ) -> None:
-        logging = self._is_logging_step(trainer)
+        step = trainer.global_step
+        # Under gradient accumulation global_step stays put until the optimizer steps.
+        every = self._every(trainer)
+        logging = every is not None and step - self._last_logged_step >= every
         if logging and trainer.strategy.root_device.type == "cuda":
             torch.cuda.synchronize(trainer.strategy.root_device)
         now = self.clock()
         self._add(busy=now - self._step_start, steps=1)
         self._mark = now
         if logging:
-            self._last_logged_step = trainer.global_step
-            self.last = self._window.freeze()
-            self._window = _Span()
-            pl_module.log("throughput/atoms_per_s", self.last.atoms_per_second,
-                          on_step=True, on_epoch=False)  # fmt: skip
-            pl_module.log("throughput/structures_per_s", self.last.structures_per_second,
-                          on_step=True, on_epoch=False)  # fmt: skip
-            pl_module.log("throughput/data_wait_fraction", self.last.data_wait_fraction,
-                          on_step=True, on_epoch=False)  # fmt: skip
+            self._last_logged_step = step
+            self._log(trainer)
 
     @override
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -235,15 +234,39 @@ class AtomThroughputMonitor(Callback):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._mark = None
 
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # A resumed fit starts counting at its first step, not at step 0.
+        self._last_logged_step = trainer.global_step
+
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._window.steps:  # the steps since the last log
+            self._log(trainer)
+
     # -- helpers ----------------------------------------------------------------------------
 
-    def _is_logging_step(self, trainer: pl.Trainer) -> bool:
-        every = self.log_every_n_steps or int(getattr(trainer, "log_every_n_steps", 50))
-        step = trainer.global_step
-        # Under gradient accumulation global_step stays put until the optimizer steps.
-        if every < 1 or step == 0 or step == self._last_logged_step:
-            return False
-        return step % every == 0 or trainer.should_stop
+    def _every(self, trainer: pl.Trainer) -> int | None:
+        """Steps between logs; ``None`` when the Trainer logs no steps (``log_every_n_steps=0``)."""
+        if self.log_every_n_steps is not None:
+            return self.log_every_n_steps
+        # The Trainer's setting (set by its logger connector; not in the class's annotations).
+        every = int(getattr(trainer, "log_every_n_steps", 50))
+        return every if every > 0 else None
+
+    def _log(self, trainer: pl.Trainer) -> None:
+        """Close the current span, keep it as :attr:`last` and send it to the loggers."""
+        self.last = self._window.freeze()
+        self._window = _Span()
+        if not trainer.is_global_zero:
+            return
+        metrics = {
+            "throughput/atoms_per_s": self.last.atoms_per_second,
+            "throughput/structures_per_s": self.last.structures_per_second,
+            "throughput/data_wait_fraction": self.last.data_wait_fraction,
+        }
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
 
     def _add(
         self,

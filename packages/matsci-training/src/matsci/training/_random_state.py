@@ -32,7 +32,7 @@ class RandomStateCheckpoint(Callback):
     Examples
     --------
     >>> import torch
-    >>> from matsci.tasks.core import RandomStateCheckpoint
+    >>> from matsci.training import RandomStateCheckpoint
     >>> callback = RandomStateCheckpoint()
     >>> state = callback.state_dict()
     >>> expected = torch.rand(2)

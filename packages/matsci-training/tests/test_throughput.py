@@ -4,16 +4,19 @@ from typing import Any
 import lightning.pytorch as pl
 import pytest
 import torch
-from tasks_core_helpers import trainer
+from lightning.pytorch.loggers import Logger
 from torch import Tensor
 from torch.utils.data import Dataset
 from torch_geometric.data import Batch, Data
 from torch_geometric.loader import DataLoader
+from training_helpers import trainer
+from typing_extensions import override
 
-from matsci.tasks.core import AtomThroughputMonitor, Throughput, count_atoms_and_structures
+from matsci.training import AtomThroughputMonitor, Throughput, count_atoms_and_structures
 
 FETCH_SECONDS = 0.01  # per structure, so 0.04 per batch of 4
 STEP_SECONDS = 0.06
+_THROUGHPUT = "throughput/atoms_per_s"
 
 
 class FakeClock:
@@ -82,19 +85,75 @@ def test_fake_clock_gives_exact_rates_and_wait_fraction() -> None:
     assert monitor.last == Throughput(5, 80, 20, pytest.approx(0.3), pytest.approx(0.2))
 
 
-def test_logged_values_are_those_of_the_last_span() -> None:
+class _Recorder(Logger):
+    """A logger that keeps what it is given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.logged: list[tuple[int | None, dict[str, float]]] = []
+
+    @property
+    @override
+    def name(self) -> str:
+        return "recorder"
+
+    @property
+    @override
+    def version(self) -> int:
+        return 0
+
+    @override
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        self.logged.append((step, dict(metrics)))
+
+    @override
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
+def test_logged_values_are_those_of_each_span() -> None:
     clock = FakeClock()
     monitor = AtomThroughputMonitor(log_every_n_steps=5, clock=clock)
     data = Structures(40, [2, 3, 5, 6], lambda: clock.advance(FETCH_SECONDS))
     steps = iter([STEP_SECONDS] * 5 + [0.16] * 5)  # the second span's steps are slower
-    run = trainer(callbacks=[monitor])
+    recorder = _Recorder()
+    run = trainer(callbacks=[monitor], logger=recorder)
     run.fit(Model(lambda: clock.advance(next(steps))), DataLoader(data, batch_size=4))
-    metrics = run.callback_metrics
+    logged = [(step, values) for step, values in recorder.logged if _THROUGHPUT in values]
+    assert [step for step, _ in logged] == [5, 10]
+    # First span: 80 atoms, 20 structures, 0.3 s in steps, 0.2 s waiting.
+    assert logged[0][1] == pytest.approx({"throughput/atoms_per_s": 160.0,
+                                          "throughput/structures_per_s": 40.0,
+                                          "throughput/data_wait_fraction": 0.4})  # fmt: skip
     # Second span: 80 atoms, 20 structures, 0.8 s in steps, 0.2 s waiting.
-    assert float(metrics["throughput/atoms_per_s"]) == pytest.approx(80 / 1.0)
-    assert float(metrics["throughput/structures_per_s"]) == pytest.approx(20 / 1.0)
-    assert float(metrics["throughput/data_wait_fraction"]) == pytest.approx(0.2)
+    assert logged[1][1] == pytest.approx({"throughput/atoms_per_s": 80.0,
+                                          "throughput/structures_per_s": 20.0,
+                                          "throughput/data_wait_fraction": 0.2})  # fmt: skip
     assert monitor.total.data_wait_fraction == pytest.approx(0.4 / 1.5)
+
+
+def test_the_steps_after_the_last_log_are_logged_when_training_ends() -> None:
+    clock = FakeClock()
+    monitor = AtomThroughputMonitor(log_every_n_steps=4, clock=clock)
+    data = Structures(24, [2], lambda: clock.advance(FETCH_SECONDS))  # 6 batches of 4
+    recorder = _Recorder()
+    run = trainer(callbacks=[monitor], logger=recorder)
+    run.fit(Model(lambda: clock.advance(STEP_SECONDS)), DataLoader(data, batch_size=4))
+    steps = [step for step, values in recorder.logged if _THROUGHPUT in values]
+    assert steps == [4, 6]
+    assert monitor.last == Throughput(2, 16, 8, pytest.approx(0.12), pytest.approx(0.08))
+
+
+def test_nothing_is_logged_between_ends_when_the_trainer_logs_no_steps() -> None:
+    clock = FakeClock()
+    monitor = AtomThroughputMonitor(clock=clock)
+    data = Structures(24, [2], lambda: clock.advance(FETCH_SECONDS))
+    recorder = _Recorder()
+    run = trainer(callbacks=[monitor], logger=recorder, log_every_n_steps=0)
+    run.fit(Model(lambda: clock.advance(STEP_SECONDS)), DataLoader(data, batch_size=4))
+    steps = [step for step, values in recorder.logged if _THROUGHPUT in values]
+    assert steps == [6]  # only the whole run, when training ends
+    assert monitor.last == monitor.total
 
 
 def test_validation_time_is_not_counted_as_waiting() -> None:

@@ -8,7 +8,9 @@ from typing import Any
 import lightning.pytorch as pl
 from typing_extensions import override
 
-from matsci.cli._errors import ConfigError
+from matsci.tasks.core import BaseTaskModule, MultiTaskLitModule
+
+__all__ = ["CheckTargets", "check_targets"]
 
 
 class CheckTargets(pl.Callback):
@@ -18,12 +20,13 @@ class CheckTargets(pl.Callback):
     the validation or test split) as a schema error; here it surfaces at ``setup`` naming the
     key, the file and the keys that file holds. For a multi-task module the keys of each task
     are checked against the data module of its dataset, and every dataset of the tasks must
-    have a data module. The first structure of the data module's
-    dataset is read, with its transform applied (so ``NoisyPositions`` targets count). Models
-    without ``task_keys`` and data modules without a ``dataset`` are not checked.
+    have a data module (a :class:`~matsci.data.MultiDataModule`). The first structure of the
+    data module's dataset is read, with its transform applied (so ``NoisyPositions`` targets
+    count). Other modules, and data modules without a ``dataset``, are not checked.
 
     Examples
     --------
+    >>> from matsci.training import CheckTargets
     >>> CheckTargets()
     CheckTargets()
     """
@@ -36,21 +39,19 @@ class CheckTargets(pl.Callback):
         datamodule = getattr(trainer, "datamodule", None)
         if datamodule is None:
             return
-        dataset_tasks = getattr(pl_module, "dataset_tasks", None)
-        datasets = getattr(datamodule, "datasets", None)
-        if isinstance(dataset_tasks, Mapping) and isinstance(datasets, Mapping):
-            _check_multitask(pl_module, dataset_tasks, datasets)
-            return
-        task_keys = getattr(pl_module, "task_keys", None)
-        if isinstance(task_keys, Sequence):
-            check_targets(type(pl_module).__name__, list(task_keys), datamodule)
+        if isinstance(pl_module, MultiTaskLitModule):
+            datasets = getattr(datamodule, "datasets", None)
+            if isinstance(datasets, Mapping):
+                _check_multitask(pl_module, datasets)
+        elif isinstance(pl_module, BaseTaskModule):
+            check_targets(type(pl_module).__name__, list(pl_module.task_keys), datamodule)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 
 
 def check_targets(owner: str, task_keys: list[str], datamodule: Any) -> None:
-    """Raise :class:`ConfigError` if the first structure of ``datamodule`` lacks a task key.
+    """Raise a ``ValueError`` if the first structure of ``datamodule`` lacks a task key.
 
     Parameters
     ----------
@@ -63,7 +64,7 @@ def check_targets(owner: str, task_keys: list[str], datamodule: Any) -> None:
 
     Raises
     ------
-    ConfigError
+    ValueError
         Naming the missing keys, the file and the keys it holds.
     """
     dataset = getattr(datamodule, "dataset", None)
@@ -80,21 +81,17 @@ def check_targets(owner: str, task_keys: list[str], datamodule: Any) -> None:
     unrequested = [key for key in missing if key in available]
     if unrequested and isinstance(requested, Sequence):
         message += f" (add {unrequested} to the data module's keys {list(requested)})"
-    raise ConfigError(message)
+    raise ValueError(message)
 
 
-def _check_multitask(
-    module: pl.LightningModule,
-    dataset_tasks: Mapping[str, Sequence[str]],
-    datasets: Mapping[str, Any],
-) -> None:
+def _check_multitask(module: MultiTaskLitModule, datasets: Mapping[str, Any]) -> None:
+    dataset_tasks = module.dataset_tasks
     missing = [name for name in dataset_tasks if name not in datasets]
     if missing:
-        raise ConfigError(
+        raise ValueError(
             f"the tasks' datasets {missing} have no data module; the data's datasets are "
             f"{list(datasets)}"
         )
     for dataset, task_ids in dataset_tasks.items():
         for task_id in task_ids:
-            task = module.task(task_id)  # type: ignore[operator]
-            check_targets(task_id, list(task.task_keys), datasets[dataset])
+            check_targets(task_id, list(module.task(task_id).task_keys), datasets[dataset])

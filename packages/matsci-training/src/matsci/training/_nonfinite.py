@@ -16,8 +16,7 @@ from torch_geometric.data import Batch
 from typing_extensions import override
 
 from matsci.contract import keys
-from matsci.tasks.core._base_task import BaseTaskModule
-from matsci.tasks.core._multitask import MultiTaskLitModule
+from matsci.tasks.core import TaskEngine
 
 __all__ = ["NonFiniteGuard"]
 
@@ -57,7 +56,7 @@ class NonFiniteGuard(Callback):
 
     Examples
     --------
-    >>> from matsci.tasks.core import NonFiniteGuard
+    >>> from matsci.training import NonFiniteGuard
     >>> guard = NonFiniteGuard(max_consecutive=3)
     >>> guard.skipped_steps, guard.consecutive_skips
     (0, 0)
@@ -208,21 +207,23 @@ def _structure_ids(batch: Any) -> str:
 
 
 def _loss_terms(module: pl.LightningModule, batch: Any) -> str:
-    """Each loss term of the batch, recomputed once for the error message."""
+    """Each loss term of the batch, recomputed once for the error message.
+
+    Named as logged: ``<key>`` for a single task, ``<dataset>/<task>/<key>`` in multi-task
+    training.
+    """
+    if not isinstance(module, TaskEngine):
+        return f"unknown (a {type(module).__name__} is not a matsci task module)"
     terms: dict[str, float] = {}
     try:
         with torch.enable_grad():
-            if isinstance(module, BaseTaskModule) and isinstance(batch, Batch):
-                _, losses = module.compute_losses(module(batch), batch)
-                terms = {key: float(value.detach()) for key, value in losses.items()}
-            elif isinstance(module, MultiTaskLitModule) and isinstance(batch, Mapping):
-                by_dataset = {name: data for name, data in batch.items() if data is not None}
-                for task_id, outputs in module(by_dataset).items():
-                    data = by_dataset[task_id.split("/", 1)[0]]
-                    _, losses = module.task(task_id).compute_losses(outputs, data)
-                    terms.update({f"{task_id}/{k}": float(v.detach()) for k, v in losses.items()})
-            else:
-                return f"unknown (a {type(module).__name__} has no compute_losses)"
+            batches = module.batches_by_dataset(batch, None, "train")
+            for name, outputs in module.task_outputs(batches).items():
+                entry = module.entry(name)
+                _, losses = entry.task.compute_losses(outputs, batches[entry.dataset])
+                terms.update(
+                    {f"{entry.log_prefix}{key}": float(v.detach()) for key, v in losses.items()}
+                )
     except (RuntimeError, ValueError) as error:
         return f"could not be recomputed ({type(error).__name__}: {error})"
     bad = {key: value for key, value in terms.items() if not math.isfinite(value)}

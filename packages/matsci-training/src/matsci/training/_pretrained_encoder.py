@@ -7,10 +7,13 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
-from matsci.cli._errors import ConfigError
-from matsci.cli._paths import find_checkpoint
+from matsci.tasks.core import read_checkpoint
+from matsci.training._find_checkpoint import find_checkpoint
+
+__all__ = ["PretrainedEncoder"]
 
 _PREFIX = "encoder."
 
@@ -33,12 +36,15 @@ class PretrainedEncoder(pl.Callback):
 
     Raises
     ------
-    ConfigError
-        When the fit starts, if the checkpoint is missing, holds no encoder weights, or was
+    FileNotFoundError
+        When the fit starts, if the checkpoint is missing.
+    ValueError
+        When the fit starts, if the file is not a checkpoint, holds no encoder weights, or was
         trained with another encoder class or other encoder arguments.
 
     Examples
     --------
+    >>> from matsci.training import PretrainedEncoder
     >>> PretrainedEncoder()
     PretrainedEncoder(checkpoint=None)
     """
@@ -54,10 +60,10 @@ class PretrainedEncoder(pl.Callback):
         path = find_checkpoint(self.checkpoint)
         encoder = getattr(pl_module, "encoder", None)
         if not isinstance(encoder, torch.nn.Module):
-            raise ConfigError(
+            raise ValueError(
                 f"pretrained_encoder: {type(pl_module).__name__} has no `encoder` module to load"
             )
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = read_checkpoint(path, caller="pretrained_encoder", required_keys=("state_dict",))
         _check_same_encoder(path, state.get("hyper_parameters", {}), dict(pl_module.hparams))
         weights = {
             name.removeprefix(_PREFIX): value
@@ -65,15 +71,15 @@ class PretrainedEncoder(pl.Callback):
             if name.startswith(_PREFIX)
         }
         if not weights:
-            raise ConfigError(f"pretrained_encoder: no encoder weights in {str(path)!r}")
+            raise ValueError(f"pretrained_encoder: no encoder weights in {str(path)!r}")
         try:
             encoder.load_state_dict(weights, strict=True)
         except RuntimeError as error:
-            raise ConfigError(
+            raise ValueError(
                 f"pretrained_encoder: the encoder weights of {str(path)!r} do not fit this "
                 f"model's encoder: {str(error).splitlines()[0]}"
             ) from error
-        print(f"matsci: encoder weights loaded from {path}")
+        rank_zero_info(f"matsci: encoder weights loaded from {path}")
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(checkpoint={self.checkpoint!r})"
@@ -83,7 +89,7 @@ def _check_same_encoder(path: Path, saved: dict[str, Any], current: dict[str, An
     """Refuse a checkpoint whose encoder class or arguments differ from the model's."""
     for name in ("encoder_class", "encoder_kwargs"):
         if name in saved and name in current and saved[name] != current[name]:
-            raise ConfigError(
+            raise ValueError(
                 f"pretrained_encoder: {str(path)!r} was trained with {name}={saved[name]!r} but "
                 f"the model has {name}={current[name]!r}; give the model the same encoder"
             )

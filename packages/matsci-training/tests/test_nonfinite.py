@@ -1,18 +1,15 @@
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import pytest
 import torch
-from tasks_core_helpers import encoder_kwargs, loader, make_structures, trainer
 from torch_geometric.data import Data
+from training_helpers import encoder_kwargs, loader, make_structures, trainer
 from typing_extensions import override
 
-from matsci.tasks.core import (
-    BinaryClassificationTask,
-    MultiTaskLitModule,
-    NonFiniteGuard,
-    ScalarRegressionTask,
-)
+from matsci.tasks.core import BinaryClassificationTask, MultiTaskLitModule, ScalarRegressionTask
+from matsci.training import NonFiniteGuard
 
 
 class _Weights(pl.Callback):
@@ -131,10 +128,21 @@ def test_without_structure_ids_the_batch_is_named_by_index() -> None:
         )
 
 
-def test_counters_travel_in_the_checkpoint() -> None:
-    guard = NonFiniteGuard()
-    guard.load_state_dict({"skipped_steps": 4, "consecutive_skips": 2})
-    assert guard.state_dict() == {"skipped_steps": 4, "consecutive_skips": 2}
+def test_counters_travel_in_the_checkpoint(tmp_path: Path) -> None:
+    # Batches of 4: structure 13 makes the last step (step 4) infinite, so the checkpoint saved
+    # after the epoch holds one skip, the last one (consecutive).
+    data = loader(_structures(16, bad={13: float("inf")}), batch_size=4)
+    run = trainer(max_epochs=1, callbacks=[NonFiniteGuard()])
+    with pytest.warns(UserWarning, match="skipped optimizer step"):
+        run.fit(_task(), data)
+    path = tmp_path / "guarded.ckpt"
+    run.save_checkpoint(path)
+    stored = torch.load(path, weights_only=True)["callbacks"]
+    assert {"skipped_steps": 1, "consecutive_skips": 1} in stored.values()
+    resumed = NonFiniteGuard()
+    clean = loader(_structures(16), batch_size=4)
+    trainer(max_epochs=1, callbacks=[resumed]).fit(_task(), clean, ckpt_path=path)
+    assert resumed.skipped_steps == 1  # restored from the file, not counted again
 
 
 @pytest.mark.parametrize("value", [0, -1, 1.5, True])
