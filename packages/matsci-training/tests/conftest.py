@@ -5,7 +5,7 @@ import pytest
 import torch
 
 # Test helpers live beside the tests as a plain module, importable by a dotted path so that
-# checkpoints of tasks built from `training_helpers.TinyEncoder` can be reloaded.
+# checkpoints of tasks built from `tasks_core_helpers.TinyEncoder` can be reloaded.
 sys.path.insert(0, str(Path(__file__).parent))
 
 

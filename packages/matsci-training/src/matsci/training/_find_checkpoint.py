@@ -35,6 +35,8 @@ def find_checkpoint(path: str | Path) -> Path:
     Examples
     --------
     >>> import tempfile
+    >>> from pathlib import Path
+    >>> from matsci.training import find_checkpoint
     >>> run = Path(tempfile.mkdtemp()) / "pretrain"
     >>> for version in ("version_0", "version_1"):
     ...     (run / version / "checkpoints").mkdir(parents=True)
