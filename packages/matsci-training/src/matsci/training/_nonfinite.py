@@ -38,11 +38,11 @@ class NonFiniteGuard(Callback):
     that names the batch, the non-finite loss terms (recomputed once, for the message) and the
     parameters with non-finite gradients.
 
-    Cost: one fused reduction over all gradients (``torch._foreach_norm``) and one device to
-    host synchronization per optimizer step; under DDP one all-reduce of a single number, so
-    that every rank takes the same decision (the loss is per rank; the gradients are already
-    averaged). With fp16 mixed precision the gradient scaler's own overflow steps count as
-    skipped too; allow for them in ``max_consecutive``.
+    Cost: one fused reduction over all gradients (:func:`torch.nn.utils.get_total_norm`) and
+    one device to host synchronization per optimizer step; under DDP one all-reduce of a
+    single number, so that every rank takes the same decision (the loss is per rank; the
+    gradients are already averaged). With fp16 mixed precision the gradient scaler's own
+    overflow steps count as skipped too; allow for them in ``max_consecutive``.
 
     Parameters
     ----------
@@ -153,7 +153,7 @@ def _all_finite(gradients: list[Tensor], loss_finite: Tensor | None) -> Tensor |
         device = gradients[0].device
         for group in by_device.values():
             # The largest |value| per tensor is NaN or inf exactly when the tensor has one.
-            largest = torch.stack(torch._foreach_norm(group, math.inf)).amax()
+            largest = torch.nn.utils.get_total_norm(group, norm_type=math.inf)
             checks.append(torch.isfinite(largest).to(device))
     if loss_finite is not None:
         checks.append(loss_finite.to(checks[0].device) if checks else loss_finite)
