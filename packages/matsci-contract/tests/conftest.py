@@ -4,9 +4,7 @@ from pathlib import Path
 import pytest
 import torch
 
-# Test helpers live beside the tests as a plain module, importable by a dotted path so that
-# checkpoints of tasks built from `tasks_core_helpers.TinyEncoder` can be reloaded (also in the
-# worker processes of DDP tests).
+# Modules beside the tests import by their plain names.
 sys.path.insert(0, str(Path(__file__).parent))
 
 

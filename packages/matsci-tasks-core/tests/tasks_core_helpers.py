@@ -3,6 +3,7 @@
 Defined at module level so that checkpoints can name it by its dotted path.
 """
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -13,6 +14,7 @@ from torch_geometric.utils import scatter
 
 from matsci.contract import Embeddings
 from matsci.contract.testing import quiet_trainer
+from matsci.tasks.core import ScalarRegressionTask
 
 
 class TinyEncoder(nn.Module):
@@ -82,6 +84,17 @@ def loader(structures: list[Data], batch_size: int = 16, shuffle: bool = False) 
 
 trainer = quiet_trainer
 """A quiet CPU trainer for tests: the shared :func:`matsci.contract.testing.quiet_trainer`."""
+
+
+def truncated_checkpoint(tmp_path: Path) -> Path:
+    """A real task checkpoint, cut to half its size (a save that was interrupted)."""
+    task = ScalarRegressionTask(**encoder_kwargs(), task_keys=["energy"])
+    run = trainer(max_steps=1, default_root_dir=tmp_path)
+    run.fit(task, loader(make_structures(8, 0), batch_size=8))
+    path = tmp_path / "task.ckpt"
+    run.save_checkpoint(path)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    return path
 
 
 def encoder_kwargs() -> dict[str, Any]:

@@ -3,7 +3,10 @@ from typing import Any
 
 import pytest
 import torch
-from tasks_core_helpers import encoder_kwargs, loader, make_structures, trainer
+from tasks_core_helpers import (
+    encoder_kwargs,
+    truncated_checkpoint,
+)
 
 from matsci.tasks.core import MultiTaskLitModule, ScalarRegressionTask, read_checkpoint
 
@@ -12,18 +15,8 @@ def _task() -> ScalarRegressionTask:
     return ScalarRegressionTask(**encoder_kwargs(), task_keys=["energy"])
 
 
-def _truncated(tmp_path: Path) -> Path:
-    task = _task()
-    run = trainer(max_steps=1, default_root_dir=tmp_path)
-    run.fit(task, loader(make_structures(8, 0), batch_size=8))
-    path = tmp_path / "task.ckpt"
-    run.save_checkpoint(path)
-    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    return path
-
-
 def test_truncated_checkpoint_is_a_value_error_naming_the_file(tmp_path: Path) -> None:
-    path = _truncated(tmp_path)
+    path = truncated_checkpoint(tmp_path)
     pattern = rf"'{path}' is not a readable checkpoint \(truncated or corrupted"
     with pytest.raises(ValueError, match=r"ScalarRegressionTask.load_from_checkpoint: " + pattern):
         ScalarRegressionTask.load_from_checkpoint(path)

@@ -4,7 +4,7 @@ from typing import Any
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
-from training_helpers import encoder_kwargs, loader, make_structures, trainer
+from training_helpers import encoder_kwargs, loader, make_structures, trainer, truncated_checkpoint
 
 from matsci.tasks.core import ScalarRegressionTask
 from matsci.training import AtomicCheckpointIO, _checkpoint_io
@@ -54,25 +54,15 @@ def test_stale_temporary_files_of_a_killed_save_are_removed(tmp_path: Path) -> N
                                                                "last.ckpt"]  # fmt: skip
 
 
-def _truncated(tmp_path: Path) -> Path:
-    task = _task()
-    run = trainer(max_steps=1, default_root_dir=tmp_path)
-    run.fit(task, loader(make_structures(8, 0), batch_size=8))
-    path = tmp_path / "task.ckpt"
-    run.save_checkpoint(path)
-    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    return path
-
-
 def test_loading_a_truncated_checkpoint_is_a_value_error_naming_the_file(tmp_path: Path) -> None:
-    path = _truncated(tmp_path)
+    path = truncated_checkpoint(tmp_path)
     pattern = rf"AtomicCheckpointIO: '{path}' is not a readable checkpoint \(truncated or corrupted"
     with pytest.raises(ValueError, match=pattern):
         AtomicCheckpointIO().load_checkpoint(path)
 
 
 def test_resuming_from_a_truncated_last_checkpoint_names_it(tmp_path: Path) -> None:
-    path = _truncated(tmp_path)
+    path = truncated_checkpoint(tmp_path)
     run = trainer(max_steps=2, plugins=[AtomicCheckpointIO()])
     with pytest.raises(ValueError, match=rf"AtomicCheckpointIO: '{path}' is not a readable"):
         run.fit(_task(), loader(make_structures(8, 0)), ckpt_path=path)

@@ -16,6 +16,7 @@ from tasks_core_helpers import (
     encoder_kwargs,
     loader,
     make_structures,
+    truncated_checkpoint,
 )
 
 from matsci.contract.testing import quiet_trainer as trainer
@@ -27,4 +28,5 @@ __all__ = [
     "loader",
     "make_structures",
     "trainer",
+    "truncated_checkpoint",
 ]
