@@ -1,5 +1,8 @@
+import os
+import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 import pytest
@@ -103,6 +106,48 @@ def test_a_single_task(single: dict[str, Any]) -> None:
     )
     with pytest.raises(ValueError, match=r"load_model\(task='emt/x'\): task= picks one task of"):
         load_model(single["path"], task="emt/x")
+
+
+_RECORDERS: list[list[str]] = []
+"""Lists that collect the files opened (``sys.audit`` "open" events) while a test records."""
+
+
+def _record_open(event: str, args: tuple[Any, ...]) -> None:
+    if _RECORDERS and event == "open" and isinstance(args[0], str | bytes | os.PathLike):
+        _RECORDERS[-1].append(os.fsdecode(args[0]))
+
+
+sys.addaudithook(_record_open)  # hooks stay for the process: idle while nothing records
+
+
+@pytest.mark.parametrize("weights", ["evaluation", "raw"])
+def test_the_file_is_read_once(
+    single: dict[str, Any], monkeypatch: pytest.MonkeyPatch, weights: Literal["evaluation", "raw"]
+) -> None:
+    path = single["path"]
+    given: list[Any] = []  # what torch.load reads: a path would be opened (or mapped) again
+    original: Callable[..., Any] = torch.load
+
+    def load(source: Any, *args: Any, **kwargs: Any) -> Any:
+        given.append(source)
+        return original(source, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", load)
+    _RECORDERS.append([])
+    try:
+        loaded = load_model(path, weights=weights)
+    finally:
+        opened = _RECORDERS.pop()
+    assert [name for name in opened if os.path.realpath(name) == os.path.realpath(path)] == [
+        os.fspath(path)
+    ]
+    assert len(given) >= 2  # the records, and Lightning's load_from_checkpoint
+    assert not any(isinstance(source, str | os.PathLike) for source in given)
+    monkeypatch.undo()
+    batch = _batch(single["data"])
+    expected = type(single["task"]).load_from_checkpoint(path).eval().predict(batch)["energy"]
+    torch.testing.assert_close(loaded.module.predict(batch)["energy"], expected, rtol=0, atol=0)
+    torch.testing.assert_close(single["task"].predict(batch)["energy"], expected, rtol=0, atol=0)
 
 
 def test_without_a_recorded_graph(single: dict[str, Any], tmp_path: Path) -> None:

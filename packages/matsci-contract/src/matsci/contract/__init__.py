@@ -11,7 +11,9 @@ a dotted class name becomes a class (:func:`import_class` and its companions).
 from importlib.metadata import version as _version
 
 from matsci.contract import keys
+from matsci.contract._dataset_statistics import NUM_ELEMENTS, DatasetStatistics
 from matsci.contract._embeddings import Embeddings, Encoder
+from matsci.contract._reference_energies import ReferenceEnergyFit
 from matsci.contract._resolver import (
     ClassConfig,
     build_from_config,
@@ -22,13 +24,7 @@ from matsci.contract._resolver import (
     to_plain,
 )
 from matsci.contract._schema import STRUCTURE_SPECS, AttributeSpec, validate_batch
-from matsci.contract._statistics import (
-    NUM_ELEMENTS,
-    DatasetStatistics,
-    ReferenceEnergyFit,
-    StreamingMoments,
-    StreamingRMS,
-)
+from matsci.contract._streaming import StreamingMoments, StreamingRMS
 
 __version__ = _version("matsci-contract")
 

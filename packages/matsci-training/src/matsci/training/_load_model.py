@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -9,6 +10,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import lightning.pytorch as pl
+import torch
 
 from matsci.contract import import_class
 from matsci.tasks.core import (
@@ -16,9 +18,8 @@ from matsci.tasks.core import (
     BaseTaskModule,
     MultiTaskLitModule,
     TaskEngine,
-    read_checkpoint,
 )
-from matsci.tasks.core._checkpoint_io import Weights
+from matsci.tasks.core._checkpoint_io import Weights, checkpoint_errors
 
 __all__ = ["GraphSettings", "LoadedModel", "load_model"]
 
@@ -111,9 +112,9 @@ def load_model(
 
     The class comes from the record the module wrote into its checkpoint
     (``checkpoint["matsci"]["model_class"]``, see :data:`~matsci.tasks.core.CHECKPOINT_RECORD`),
-    never from guessing at the contents; the module
-    is restored by that class's ``load_from_checkpoint``. The file is memory-mapped to read its
-    records (the weights are read once, by ``load_from_checkpoint``).
+    never from guessing at the contents; the module is restored by that class's
+    ``load_from_checkpoint``. The file is read from disk once: its bytes give the records and
+    are handed to ``load_from_checkpoint`` as an in-memory file object.
 
     Parameters
     ----------
@@ -156,13 +157,14 @@ def load_model(
     ValueError: load_model: '.../notes.ckpt' is not a readable checkpoint ...
     """
     file = Path(path)
-    checkpoint = read_checkpoint(file, caller="load_model", required_keys=("state_dict",))
+    contents, checkpoint = _read(file)
     cls = _model_class(file, checkpoint)
+    records = {key: value for key, value in checkpoint.items() if key not in _TRAINING_STATE}
+    del checkpoint  # free its weights: the module is restored from ``contents``
     module = cls.load_from_checkpoint(
-        file, map_location=map_location, weights_only=True, weights=weights
+        contents, map_location=map_location, weights_only=True, weights=weights
     )
     module.eval()
-    records = {key: value for key, value in checkpoint.items() if key not in _TRAINING_STATE}
     chosen, dataset = _choose_task(file, module, task)
     return LoadedModel(
         path=file,
@@ -172,6 +174,28 @@ def load_model(
         graph=_graph_settings(records.get(_DATAMODULE_HPARAMS), module, dataset),
         records=records,
     )
+
+
+def _read(file: Path) -> tuple[io.BytesIO, dict[str, Any]]:
+    """The bytes of ``file`` (read once, as an in-memory file at its start) and the checkpoint.
+
+    Errors name ``file`` as :func:`~matsci.tasks.core.read_checkpoint` does: a missing file is a
+    ``FileNotFoundError``, anything but a Lightning checkpoint (a dict with a ``state_dict``)
+    a ``ValueError``.
+    """
+    if not file.is_file():
+        raise FileNotFoundError(f"load_model: checkpoint {os.fspath(file)!r} does not exist")
+    with checkpoint_errors(file, "load_model"):
+        contents = io.BytesIO(file.read_bytes())
+        checkpoint = torch.load(contents, map_location="cpu", weights_only=True)
+        if not isinstance(checkpoint, dict):
+            raise ValueError(f"it holds a {type(checkpoint).__name__}, not a dict")
+        if "state_dict" not in checkpoint:
+            raise ValueError(
+                f"it has no ['state_dict'] (top-level keys: {sorted(map(str, checkpoint))})"
+            )
+    contents.seek(0)
+    return contents, checkpoint
 
 
 def _model_class(file: Path, checkpoint: Mapping[str, Any]) -> type[TaskEngine]:
