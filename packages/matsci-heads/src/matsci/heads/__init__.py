@@ -1,12 +1,14 @@
 """Output heads for atomistic models.
 
 Dense blocks (:class:`OutputBlock`), equivariant blocks on e3nn irreps (:class:`IrrepOutputBlock`,
-needs the ``[e3nn]`` extra) and :class:`OutputHead`, the stack that maps an embedding to
-predictions. Depends on torch only.
+needs the ``[e3nn]`` extra), :class:`OutputHead`, the stack that maps an embedding to
+predictions, and :class:`EdgeVectorReadout`, rotation-equivariant vectors per atom (forces,
+displacements) from invariant atom embeddings and edge vectors. Depends on torch only.
 """
 
 from importlib.metadata import version as _version
 
+from matsci.heads._edge_vector_readout import EdgeVectorReadout
 from matsci.heads._irrep_output_block import IrrepOutputBlock
 from matsci.heads._output_block import OutputBlock
 from matsci.heads._output_head import BLOCK_TYPES, OutputHead
@@ -21,6 +23,7 @@ __version__ = _version("matsci-heads")
 
 __all__ = [
     "BLOCK_TYPES",
+    "EdgeVectorReadout",
     "IrrepOutputBlock",
     "ModuleSpec",
     "OutputBlock",

@@ -14,6 +14,7 @@ from matsci.tasks.physics._gradfree_force import (
     GradFreeForceRegressionTask,
 )
 from matsci.tasks.physics._node_denoising import NodeDenoisingTask
+from matsci.tasks.physics._vector_head import NotEquivariantWarning, VectorHead
 
 __version__ = _version("matsci-tasks-physics")
 
@@ -24,7 +25,9 @@ __all__ = [
     "GradFreeForceRegression",
     "GradFreeForceRegressionTask",
     "NodeDenoisingTask",
+    "NotEquivariantWarning",
     "ReferenceEnergyFit",
+    "VectorHead",
     "__version__",
     "autograd_ready_copy",
     "gradients_enabled",

@@ -12,28 +12,48 @@ from typing_extensions import override
 
 from matsci.contract import keys
 from matsci.tasks.core import AttributeSpec, BaseTaskModule, Embeddings
+from matsci.tasks.physics._vector_head import (
+    VectorHead,
+    build_vector_head,
+    check_vector_head,
+    vector_outputs,
+)
 
 
 class GradFreeForceRegression(BaseTaskModule):
-    """Predict forces directly: a head with 3 outputs per atom on the atom embeddings.
+    """Predict forces directly: a vector head per atom on the atom embeddings.
 
     Cheaper than differentiating an energy and needs no autograd through the encoder, but the
-    forces are not conservative. Pair it with :class:`~matsci.tasks.core.ScalarRegressionTask`
-    on ``energy`` in a multi-task set-up to share one embedding between energy and forces.
+    forces are not conservative: they are not the gradient of any energy, so molecular dynamics
+    with them does not conserve energy (:doc:`/physics` shows the drift). Pair it with
+    :class:`~matsci.tasks.core.ScalarRegressionTask` on ``energy`` in a multi-task set-up to
+    share one embedding between energy and forces, or use it to pretrain an encoder that
+    :class:`ForceRegressionTask` then fine-tunes.
+
+    The head rotates with the structure on every encoder (see :data:`VectorHead`): on invariant
+    features (``embedding_dim`` an int, e.g. :class:`~matsci.encoders.SchNetEncoder`) it is an
+    :class:`~matsci.heads.EdgeVectorReadout`, which sums learned weights times the unit vectors
+    of each atom's edges (it needs the batch's ``edge_index``), on irreps an equivariant ``1o``
+    head.
 
     Target ``force`` [N, 3] in eV/Å (NaN marks missing values). MSE loss by default; metrics
     ``force/mae``, ``force/rmse`` and ``force/cosine_similarity``.
 
     Parameters
     ----------
+    vector_head
+        ``"auto"`` (equivariant on every encoder), ``"edge"`` or ``"dense"`` (with a
+        :class:`NotEquivariantWarning` on invariant encoders); see :data:`VectorHead`.
     **kwargs
         Arguments of :class:`~matsci.tasks.core.BaseTaskModule`; ``task_keys`` defaults to
-        ``["force"]``.
+        ``["force"]``. ``output_kwargs`` may set the edge readout's ``cutoff`` (default: the
+        encoder's).
 
     Raises
     ------
     ValueError
-        If ``task_keys`` is other than ``["force"]``.
+        If ``task_keys`` is other than ``["force"]``, ``vector_head`` is unknown, or the edge
+        readout has no cutoff; at a batch without ``edge_index`` when the edge readout needs it.
 
     Examples
     --------
@@ -41,15 +61,21 @@ class GradFreeForceRegression(BaseTaskModule):
     >>> from torch_geometric.data import Batch, Data
     >>> from matsci.contract import Embeddings
     >>> from matsci.tasks.physics import GradFreeForceRegression
-    >>> class PositionEncoder(torch.nn.Module):
-    ...     embedding_dim = 3
+    >>> class AtomTypeEncoder(torch.nn.Module):
+    ...     embedding_dim, cutoff = 4, 3.0
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         self.table = torch.nn.Embedding(100, 4)
     ...     def forward(self, batch):
-    ...         return Embeddings(point_embedding=batch.pos)
-    >>> task = GradFreeForceRegression(encoder=PositionEncoder())
-    >>> data = Data(pos=torch.rand(5, 3), atomic_numbers=torch.full((5,), 13),
-    ...             natoms=torch.tensor([5]))
+    ...         return Embeddings(point_embedding=self.table(batch.atomic_numbers))
+    >>> task = GradFreeForceRegression(encoder=AtomTypeEncoder())
+    >>> type(task.output_heads["force"]).__name__
+    'EdgeVectorReadout'
+    >>> pairs = torch.tensor([[0, 1, 0, 2], [1, 0, 2, 0]])  # a chain of three atoms
+    >>> data = Data(pos=torch.rand(3, 3), atomic_numbers=torch.full((3,), 13),
+    ...             natoms=torch.tensor([3]), edge_index=pairs)
     >>> task.predict(Batch.from_data_list([data]))["force"].shape
-    torch.Size([5, 3])
+    torch.Size([3, 3])
     """
 
     pools_atom_embeddings = False
@@ -57,15 +83,20 @@ class GradFreeForceRegression(BaseTaskModule):
     fixed_task_keys = (keys.FORCE,)
     per_atom_targets = True
 
+    def __init__(self, vector_head: VectorHead = "auto", **kwargs: Any) -> None:
+        self.vector_head = check_vector_head(type(self).__name__, vector_head)
+        super().__init__(**kwargs)
+
     @override
     def build_head(self, key: str, output_kwargs: Mapping[str, Any]) -> nn.Module:
-        """A dense head from each atom's embedding to its force."""
-        return self.point_head(3, output_kwargs)
+        """The vector head chosen by ``vector_head`` (equivariant unless ``"dense"``)."""
+        return build_vector_head(self, self.vector_head, output_kwargs)
 
     @override
     def compute_outputs(self, embeddings: Embeddings, batch: Batch) -> dict[str, Tensor]:
-        """Forces [N, 3] from the atom embeddings."""
-        return {keys.FORCE: self.output_heads[keys.FORCE](self.point_embedding(embeddings))}
+        """Forces [N, 3] from the atom embeddings (and the edges, for the edge readout)."""
+        head = self.output_heads[keys.FORCE]
+        return {keys.FORCE: vector_outputs(self, head, self.point_embedding(embeddings), batch)}
 
     @override
     def target_specs(self) -> list[AttributeSpec]:

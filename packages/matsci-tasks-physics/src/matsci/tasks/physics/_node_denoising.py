@@ -12,6 +12,12 @@ from typing_extensions import override
 
 from matsci.contract import keys
 from matsci.tasks.core import AttributeSpec, BaseTaskModule, Embeddings, InputRequest
+from matsci.tasks.physics._vector_head import (
+    VectorHead,
+    build_vector_head,
+    check_vector_head,
+    vector_outputs,
+)
 
 _NO_NOISY_POSITIONS = (
     "NodeDenoisingTask: the batch has no 'noisy_pos'; add "
@@ -29,17 +35,26 @@ class NodeDenoisingTask(BaseTaskModule):
     pretraining, start another task from the encoder with
     :meth:`~matsci.tasks.core.BaseTaskModule.from_pretrained_encoder`.
 
+    The noise is a vector that rotates with the structure, so the head is equivariant on every
+    encoder (see :data:`VectorHead`): an :class:`~matsci.heads.EdgeVectorReadout` on the edges
+    of the noisy structure for invariant encoders, an equivariant ``1o`` head for irreps.
+
     Parameters
     ----------
+    vector_head
+        ``"auto"``, ``"edge"`` or ``"dense"`` (with a :class:`NotEquivariantWarning` on
+        invariant encoders); see :data:`VectorHead`.
     **kwargs
         Arguments of :class:`~matsci.tasks.core.BaseTaskModule`; ``task_keys`` defaults to
-        ``["denoise"]``.
+        ``["denoise"]``. ``output_kwargs`` may set the edge readout's ``cutoff`` (default: the
+        encoder's).
 
     Raises
     ------
     ValueError
-        If ``task_keys`` is other than ``["denoise"]``; at the first batch, if ``noisy_pos`` is
-        missing (the message says to add ``NoisyPositions``).
+        If ``task_keys`` is other than ``["denoise"]``, ``vector_head`` is unknown, or the edge
+        readout has no cutoff; at the first batch, if ``noisy_pos`` is missing (the message
+        says to add ``NoisyPositions``) or the edge readout finds no ``edge_index``.
 
     Examples
     --------
@@ -48,12 +63,16 @@ class NodeDenoisingTask(BaseTaskModule):
     >>> from matsci.contract import Embeddings
     >>> from matsci.tasks.physics import NodeDenoisingTask
     >>> from matsci.transforms import NoisyPositions
-    >>> class PositionEncoder(torch.nn.Module):
-    ...     embedding_dim = 3
+    >>> class AtomTypeEncoder(torch.nn.Module):
+    ...     embedding_dim, cutoff = 4, 3.0
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         self.table = torch.nn.Embedding(100, 4)
     ...     def forward(self, batch):
-    ...         return Embeddings(point_embedding=batch.pos)
-    >>> task = NodeDenoisingTask(encoder=PositionEncoder())
-    >>> data = NoisyPositions(scale=0.1)(Data(pos=torch.rand(4, 3),
+    ...         return Embeddings(point_embedding=self.table(batch.atomic_numbers))
+    >>> task = NodeDenoisingTask(encoder=AtomTypeEncoder())
+    >>> pairs = torch.tensor([[0, 1, 1, 2, 2, 3], [1, 0, 2, 1, 3, 2]])  # a chain of four
+    >>> data = NoisyPositions(scale=0.1)(Data(pos=torch.rand(4, 3), edge_index=pairs,
     ...     atomic_numbers=torch.full((4,), 6), natoms=torch.tensor([4])))
     >>> task.predict(Batch.from_data_list([data]))["denoise"].shape
     torch.Size([4, 3])
@@ -64,10 +83,14 @@ class NodeDenoisingTask(BaseTaskModule):
     fixed_task_keys = (keys.DENOISE,)
     per_atom_targets = True
 
+    def __init__(self, vector_head: VectorHead = "auto", **kwargs: Any) -> None:
+        self.vector_head = check_vector_head(type(self).__name__, vector_head)
+        super().__init__(**kwargs)
+
     @override
     def build_head(self, key: str, output_kwargs: Mapping[str, Any]) -> nn.Module:
-        """A dense head from each atom's embedding to its 3 noise components."""
-        return self.point_head(3, output_kwargs)
+        """The vector head chosen by ``vector_head`` (equivariant unless ``"dense"``)."""
+        return build_vector_head(self, self.vector_head, output_kwargs)
 
     @override
     def input_request(self) -> InputRequest:
@@ -76,8 +99,9 @@ class NodeDenoisingTask(BaseTaskModule):
 
     @override
     def compute_outputs(self, embeddings: Embeddings, batch: Batch) -> dict[str, Tensor]:
-        """Predicted noise [N, 3] from the atom embeddings (of the noisy structure)."""
-        return {keys.DENOISE: self.output_heads[keys.DENOISE](self.point_embedding(embeddings))}
+        """Predicted noise [N, 3] from the atom embeddings and edges of the noisy structure."""
+        head = self.output_heads[keys.DENOISE]
+        return {keys.DENOISE: vector_outputs(self, head, self.point_embedding(embeddings), batch)}
 
     @override
     def target_specs(self) -> list[AttributeSpec]:
