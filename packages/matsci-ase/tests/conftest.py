@@ -7,7 +7,7 @@ import torch
 from matsci.contract.testing import quiet_trainer
 from matsci.data import AtomsDataModule
 from matsci.data.examples import bundled_dataset_path
-from matsci.tasks.physics import ForceRegressionTask
+from matsci.tasks.physics import ForceRegressionTask, GradFreeForceRegression
 from matsci.transforms import PeriodicRadiusGraph
 
 # The shared helpers (`calculator_helpers`) live beside the tests as a plain module.
@@ -48,5 +48,29 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     trainer = quiet_trainer(max_epochs=3, limit_val_batches=0)
     trainer.fit(task, datamodule=data)
     path = tmp_path_factory.mktemp("model") / "emt.ckpt"
+    trainer.save_checkpoint(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def direct_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small SchNet direct-force model (a force head, no energy) trained briefly on EMT.
+
+    Three epochs on the bundled EMT data, with the same encoder and graph as ``checkpoint``.
+    """
+    torch.manual_seed(0)
+    data = AtomsDataModule(
+        bundled_dataset_path("emt"),
+        keys=["force"],
+        transform=PeriodicRadiusGraph(cutoff=CUTOFF),
+        batch_size=16,
+    )
+    data.setup("fit")
+    task = GradFreeForceRegression(
+        encoder_class="matsci.encoders.SchNetEncoder", encoder_kwargs=SMALL_SCHNET, lr=5e-3
+    )
+    trainer = quiet_trainer(max_epochs=3, limit_val_batches=0)
+    trainer.fit(task, datamodule=data)
+    path = tmp_path_factory.mktemp("direct") / "emt-direct.ckpt"
     trainer.save_checkpoint(path)
     return path

@@ -1,12 +1,12 @@
 # mypy: untyped-calls-exclude=ase
-"""An ASE calculator around a trained energy, force and stress model."""
+"""An ASE calculator around a trained force model: energy, forces and stress, or direct forces."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Sequence
 from numbers import Integral
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 import torch
@@ -16,24 +16,39 @@ from ase.data import atomic_numbers, chemical_symbols
 from ase.stress import full_3x3_to_voigt_6_stress
 from torch_geometric.data import Batch, Data
 
-from matsci.ase._checkpoint import load_force_task
+from matsci.ase._checkpoint import ForceTask, load_force_task
 from matsci.contract import keys
-from matsci.tasks.physics import ForceRegressionTask
+from matsci.tasks.physics import ForceRegressionTask, GradFreeForceRegression
 from matsci.transforms import PeriodicRadiusGraph
 
 __all__ = ["MatsciCalculator"]
 
+_ENERGY_PROPERTIES: Final = ("energy", "free_energy", "stress")
+"""What a direct-force model cannot give: its forces are not the derivative of an energy."""
+
 
 class MatsciCalculator(Calculator):
-    r"""ASE calculator of a trained :class:`~matsci.tasks.physics.ForceRegressionTask`.
+    r"""ASE calculator of a trained force model: energy, forces and stress, or direct forces.
 
-    Gives ``energy`` and ``free_energy`` (the same number, eV), ``forces`` (eV/Å, the negative
+    With a :class:`~matsci.tasks.physics.ForceRegressionTask` (conservative forces) it gives
+    ``energy`` and ``free_energy`` (the same number, eV), ``forces`` (eV/Å, the negative
     gradient of the energy) and ``stress`` (eV/Å³, ASE's Voigt order xx, yy, zz, yz, xz, xy and
     sign: :math:`\sigma = V^{-1}\, \partial E / \partial \varepsilon`, positive under tension),
     so ASE's molecular dynamics, optimizers (``BFGS``, ``FIRE``) and cell filters
     (``FrechetCellFilter``, ``ExpCellFilter``) run on the model. Every evaluation builds the
     neighbour graph with :class:`~matsci.transforms.PeriodicRadiusGraph`, as in training, and
     runs the task in eval mode without keeping an autograd graph.
+
+    With a :class:`~matsci.tasks.physics.GradFreeForceRegression` (forces predicted directly by
+    a head) it gives ``forces`` only (:attr:`conservative` is ``False``): such a model has no
+    energy, and its forces are not the gradient of one. Asking for ``energy``,
+    ``free_energy`` or ``stress`` (``atoms.get_potential_energy()``,
+    ``atoms.get_total_energy()``, ``atoms.get_stress()``) raises
+    :class:`~ase.calculators.calculator.PropertyNotImplementedError` saying so, while
+    ``atoms.get_forces()`` and ASE's molecular dynamics (``VelocityVerlet``, ``Langevin``) work.
+    NVE dynamics with direct forces does not conserve energy (:doc:`/ase` shows the drift).
+    ASE's optimizers log the energy at every step, so relaxing with direct forces needs an
+    optimizer whose ``log`` does not read it (see :doc:`/ase`).
 
     Periodic crystals, slabs (mixed ``pbc``) and molecules (no cell) are supported. The stress
     needs a task trained with ``compute_stress=True`` and a structure periodic in all three
@@ -42,11 +57,13 @@ class MatsciCalculator(Calculator):
     other structures still work.
 
     The calculator refuses structures with elements the model never saw. Unless ``elements``
-    says otherwise, the known elements are those with a nonzero per-element reference energy:
+    says otherwise, the known elements of an energy model are those with a nonzero per-element
+    reference energy:
     :meth:`~matsci.tasks.physics.ForceRegressionTask.fit_normalizers` fits one for every
     element of the training data (a fitted value of exactly 0 eV does not happen in practice)
     and leaves the others at 0. When every reference energy is 0 (references never fitted nor
-    given), the calculator cannot tell and accepts every element.
+    given), and for a direct-force model (which has no reference energies), the calculator
+    cannot tell and accepts every element.
 
     Use :meth:`from_checkpoint` to load a trained model; :meth:`calculate_many` evaluates many
     structures in batches, much faster per structure than one call each.
@@ -54,7 +71,8 @@ class MatsciCalculator(Calculator):
     Parameters
     ----------
     task
-        The trained task. It is moved to ``device`` and ``dtype`` and put in eval mode.
+        The trained task: a ``ForceRegressionTask`` or a ``GradFreeForceRegression``. It is
+        moved to ``device`` and ``dtype`` and put in eval mode.
     cutoff
         Cutoff (Å) of the neighbour graph; by default the encoder's ``cutoff`` attribute (as
         :class:`~matsci.encoders.SchNetEncoder` has). Use the training graph's cutoff.
@@ -72,7 +90,7 @@ class MatsciCalculator(Calculator):
     Raises
     ------
     TypeError
-        If ``task`` is not a ``ForceRegressionTask``.
+        If ``task`` is neither a ``ForceRegressionTask`` nor a ``GradFreeForceRegression``.
     ValueError
         If no cutoff is given and the encoder has none, the graph settings are invalid,
         ``dtype`` is not a floating-point type or ``elements`` holds an unknown element.
@@ -99,13 +117,31 @@ class MatsciCalculator(Calculator):
     Traceback (most recent call last):
     ...
     ValueError: MatsciCalculator: structure AuCu7 has element ['Au'] the model was not ...
+
+    A direct-force model gives forces and refuses the energy:
+
+    >>> from matsci.tasks.physics import GradFreeForceRegression
+    >>> direct = GradFreeForceRegression(
+    ...     encoder=SchNetEncoder(hidden_channels=8, num_filters=8, num_interactions=1,
+    ...                           num_gaussians=8, cutoff=3.0),
+    ... )
+    >>> atoms = bulk("Cu", "fcc", a=3.6) * (2, 2, 2)
+    >>> atoms.calc = MatsciCalculator(direct, elements=["Cu"])
+    >>> atoms.calc.conservative, atoms.calc.implemented_properties
+    (False, ['forces'])
+    >>> atoms.get_forces().shape
+    (8, 3)
+    >>> atoms.get_potential_energy()
+    Traceback (most recent call last):
+    ...
+    ase.calculators.calculator.PropertyNotImplementedError: MatsciCalculator: no energy; ...
     """
 
     implemented_properties: list[str] = ["energy", "free_energy", "forces", "stress"]  # noqa: RUF012
 
     def __init__(
         self,
-        task: ForceRegressionTask,
+        task: ForceRegressionTask | GradFreeForceRegression,
         *,
         cutoff: float | None = None,
         max_neighbors: int | None = None,
@@ -114,9 +150,10 @@ class MatsciCalculator(Calculator):
         elements: Iterable[str | int] | None = None,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
-        if not isinstance(task, ForceRegressionTask):
+        if not isinstance(task, ForceRegressionTask | GradFreeForceRegression):
             raise TypeError(
-                f"MatsciCalculator(task={type(task).__name__}): expected a ForceRegressionTask"
+                f"MatsciCalculator(task={type(task).__name__}): expected a ForceRegressionTask "
+                "(energy, forces, stress) or a GradFreeForceRegression (direct forces)"
             )
         if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
             raise ValueError(
@@ -131,10 +168,21 @@ class MatsciCalculator(Calculator):
                     f"the encoder {type(task.encoder).__name__} has no 'cutoff' attribute"
                 )
         self.graph = PeriodicRadiusGraph(cutoff=float(cutoff), max_neighbors=max_neighbors)
-        self.task = task.to(device=device, dtype=dtype).eval()
-        self.device: torch.device = self.task.energy_scale.device
-        self.dtype: torch.dtype = self.task.energy_scale.dtype
+        self.task: ForceTask = task.to(device=device, dtype=dtype).eval()
+        self.device, self.dtype = _device_and_dtype(self.task)
+        if not self.conservative:
+            # Declared per instance: ASE tools read it to see what the calculator can give.
+            self.implemented_properties = ["forces"]
         self._known = self._known_elements(elements)
+
+    @property
+    def conservative(self) -> bool:
+        """Whether the model has an energy whose negative gradient is the forces.
+
+        ``True`` for a ``ForceRegressionTask``; ``False`` for a ``GradFreeForceRegression``,
+        which gives forces only.
+        """
+        return isinstance(self.task, ForceRegressionTask)
 
     @classmethod
     def from_checkpoint(
@@ -151,7 +199,8 @@ class MatsciCalculator(Calculator):
         """Load a trained model from a Lightning checkpoint.
 
         The checkpoint, read once by :func:`~matsci.training.load_model`, holds a
-        :class:`~matsci.tasks.physics.ForceRegressionTask`, or a
+        :class:`~matsci.tasks.physics.ForceRegressionTask` or a
+        :class:`~matsci.tasks.physics.GradFreeForceRegression` (direct forces only), or a
         :class:`~matsci.tasks.core.MultiTaskLitModule` from which ``task`` picks one. The
         neighbour graph is built as in training: with the ``cutoff`` and
         ``max_neighbors`` given here, else those the data module recorded in the checkpoint
@@ -177,7 +226,7 @@ class MatsciCalculator(Calculator):
             Floating-point type of the model; ``None`` keeps the checkpoint's.
         elements
             Elements the model may be used on; by default those with a nonzero reference
-            energy.
+            energy (every element for a direct-force model).
 
         Returns
         -------
@@ -189,7 +238,8 @@ class MatsciCalculator(Calculator):
         FileNotFoundError
             If ``path`` does not exist.
         ValueError
-            If the file is not a matsci checkpoint, holds no force task, is a multi-task
+            If the file is not a matsci checkpoint, holds no force task (neither a
+            ``ForceRegressionTask`` nor a ``GradFreeForceRegression``), is a multi-task
             checkpoint without ``task`` (the message lists the tasks) or ``task`` names none of
             its tasks, names no cutoff anywhere, or ``max_neighbors`` is given without
             ``cutoff``.
@@ -223,6 +273,8 @@ class MatsciCalculator(Calculator):
 
     def _known_elements(self, elements: Iterable[str | int] | None) -> frozenset[int] | None:
         if elements is None:
+            if not isinstance(self.task, ForceRegressionTask):
+                return None  # a direct-force model has no reference energies to tell by
             nonzero = torch.nonzero(self.task.reference_energies).reshape(-1).tolist()
             return frozenset(int(z) for z in nonzero) or None
         known = set()
@@ -268,7 +320,12 @@ class MatsciCalculator(Calculator):
     # -- evaluation ------------------------------------------------------------------------------
 
     def _has_stress(self, atoms: Atoms) -> bool:
-        return bool(self.task.compute_stress and atoms.pbc.all() and atoms.cell.rank == 3)
+        return bool(
+            isinstance(self.task, ForceRegressionTask)
+            and self.task.compute_stress
+            and atoms.pbc.all()
+            and atoms.cell.rank == 3
+        )
 
     def _to_data(self, atoms: Atoms) -> Data:
         """One structure in the calculator's dtype, with its neighbour graph."""
@@ -282,22 +339,27 @@ class MatsciCalculator(Calculator):
         return graph
 
     def _evaluate(self, structures: Sequence[Atoms]) -> list[dict[str, Any]]:
-        """Energies, forces and (where defined) stresses of structures in one batch."""
+        """Energies, forces and (where defined) stresses of structures in one batch.
+
+        A direct-force model gives forces only.
+        """
         batch = Batch.from_data_list([self._to_data(atoms) for atoms in structures])
-        energy, force, stress = self.task.energy_and_derivatives(
-            batch.to(self.device), keep_graph=False
-        )
-        energies = energy.detach().cpu().double().numpy()  # [B]
+        batch = batch.to(self.device)
+        energies = stresses = None
+        if isinstance(self.task, ForceRegressionTask):
+            energy, force, stress = self.task.energy_and_derivatives(batch, keep_graph=False)
+            energies = energy.detach().cpu().double().numpy()  # [B]
+            if stress is not None:
+                stresses = stress.detach().cpu().double().numpy()  # [B, 3, 3]
+        else:
+            force = self.task.predict(batch)[keys.FORCE]
         forces = force.detach().cpu().double().numpy()  # [N, 3]
-        stresses = None if stress is None else stress.detach().cpu().double().numpy()  # [B, 3, 3]
         bounds = np.cumsum([0, *(len(atoms) for atoms in structures)])
         results = []
         for index, atoms in enumerate(structures):
-            result: dict[str, Any] = {
-                "energy": float(energies[index]),
-                "free_energy": float(energies[index]),
-                "forces": forces[bounds[index] : bounds[index + 1]].copy(),
-            }
+            result: dict[str, Any] = {"forces": forces[bounds[index] : bounds[index + 1]].copy()}
+            if energies is not None:
+                result["energy"] = result["free_energy"] = float(energies[index])
             if stresses is not None and self._has_stress(atoms):
                 result["stress"] = full_3x3_to_voigt_6_stress(stresses[index])
             results.append(result)
@@ -312,14 +374,15 @@ class MatsciCalculator(Calculator):
         """Compute energy, free energy, forces and, where defined, stress into ``results``.
 
         ASE calls this through ``atoms.get_forces()`` and friends; all properties come from one
-        model evaluation.
+        model evaluation. A direct-force model computes forces only.
 
         Parameters
         ----------
         atoms
             The structure (the last one seen when ``None``).
         properties
-            The properties asked for (default ``["energy"]``).
+            The properties asked for (default ``["energy"]``, ``["forces"]`` for a
+            direct-force model).
         system_changes
             What changed since the last calculation (ASE's bookkeeping).
 
@@ -327,11 +390,15 @@ class MatsciCalculator(Calculator):
         ------
         ase.calculators.calculator.PropertyNotImplementedError
             If ``stress`` is asked for and the task has no stress or the structure is not
-            periodic in three directions.
+            periodic in three directions, or ``energy``, ``free_energy`` or ``stress`` is asked
+            of a direct-force model.
         ValueError
             If the structure has elements the model does not know.
         """
-        properties = ["energy"] if properties is None else list(properties)
+        if properties is None:
+            properties = ["energy"] if self.conservative else ["forces"]
+        properties = list(properties)
+        self._refuse_energy(properties)
         super().calculate(atoms, properties, system_changes)  # type: ignore[no-untyped-call]
         structure: Atoms | None = self.atoms
         if structure is None:
@@ -341,8 +408,50 @@ class MatsciCalculator(Calculator):
             raise PropertyNotImplementedError(self._no_stress_reason(structure))
         self.results = self._evaluate([structure])[0]
 
+    def get_property(
+        self, name: str, atoms: Atoms | None = None, allow_calculation: bool = True
+    ) -> Any:
+        """One property of ``atoms`` (ASE's entry point); see :meth:`calculate`.
+
+        Parameters
+        ----------
+        name
+            ``"energy"``, ``"free_energy"``, ``"forces"`` or ``"stress"``.
+        atoms
+            The structure (the last one seen when ``None``).
+        allow_calculation
+            Whether to compute the property if it is not cached (else ``None`` is returned).
+
+        Returns
+        -------
+        Any
+            The property (a float or an array).
+
+        Raises
+        ------
+        ase.calculators.calculator.PropertyNotImplementedError
+            If the model cannot give it: the energy or stress of a direct-force model (the
+            message says why), the stress of a model without one, or an unknown property.
+        """
+        self._refuse_energy([name])
+        return super().get_property(name, atoms, allow_calculation)  # type: ignore[no-untyped-call]
+
+    def _refuse_energy(self, properties: Sequence[str]) -> None:
+        """Raise ``PropertyNotImplementedError`` if a direct-force model is asked for energy."""
+        if self.conservative:
+            return
+        asked = [name for name in properties if name in _ENERGY_PROPERTIES]
+        if asked:
+            raise PropertyNotImplementedError(
+                f"MatsciCalculator: no {asked[0]}; the model is a {type(self.task).__name__}, "
+                "a direct-force model, which predicts forces with a head and has no energy "
+                "(its forces are not the gradient of one, so there is no energy or stress to "
+                "give and NVE dynamics with it does not conserve energy). Only 'forces' are "
+                "available; train a ForceRegressionTask for energy and stress"
+            )
+
     def _no_stress_reason(self, atoms: Atoms) -> str:
-        if not self.task.compute_stress:
+        if not (isinstance(self.task, ForceRegressionTask) and self.task.compute_stress):
             return (
                 "MatsciCalculator: no stress; the model was trained without it "
                 "(ForceRegressionTask(compute_stress=False))"
@@ -359,7 +468,8 @@ class MatsciCalculator(Calculator):
         """Energies, forces and stresses of many structures, ``batch_size`` at a time.
 
         One model evaluation per batch instead of one per structure, which is much faster per
-        structure; the results equal those of one calculation each. The structures are not
+        structure; the results equal those of one calculation each (forces only, for a
+        direct-force model). The structures are not
         changed and their calculators are not touched.
 
         Parameters
@@ -374,7 +484,8 @@ class MatsciCalculator(Calculator):
         list of dict
             One dict per structure, in order, with the keys ASE uses: ``"energy"`` and
             ``"free_energy"`` (float, eV), ``"forces"`` (``[n, 3]`` array, eV/Å) and, for a
-            3D-periodic structure with a stress model, ``"stress"`` (Voigt 6-vector, eV/Å³).
+            3D-periodic structure with a stress model, ``"stress"`` (Voigt 6-vector, eV/Å³);
+            for a direct-force model, ``"forces"`` only.
 
         Raises
         ------
@@ -418,3 +529,9 @@ class MatsciCalculator(Calculator):
             f"max_neighbors={self.graph.max_neighbors}, device={self.device}, "
             f"dtype={self.dtype}, elements={self.elements})"
         )
+
+
+def _device_and_dtype(task: ForceTask) -> tuple[torch.device, torch.dtype]:
+    """Where the task's weights are and their floating-point type."""
+    weight = task.energy_scale if isinstance(task, ForceRegressionTask) else next(task.parameters())
+    return weight.device, weight.dtype

@@ -25,7 +25,7 @@ class GradFreeForceRegression(BaseTaskModule):
 
     Cheaper than differentiating an energy and needs no autograd through the encoder, but the
     forces are not conservative: they are not the gradient of any energy, so molecular dynamics
-    with them does not conserve energy (:doc:`/physics` shows the drift). Pair it with
+    with them has no energy to conserve (:doc:`/ase` measures the drift in NVE). Pair it with
     :class:`~matsci.tasks.core.ScalarRegressionTask` on ``energy`` in a multi-task set-up to
     share one embedding between energy and forces, or use it to pretrain an encoder that
     :class:`ForceRegressionTask` then fine-tunes.
