@@ -1,6 +1,6 @@
 import pytest
 
-from matsci.cli import metric_unit, metrics_table
+from matsci.cli import baseline_legend, metric_unit, metrics_table
 
 
 @pytest.mark.parametrize(
@@ -36,3 +36,37 @@ def test_metrics_table_aligns_values_and_drops_per_key_losses() -> None:
 
 def test_metrics_table_uses_exponents_for_tiny_values() -> None:
     assert "1.00e-06" in metrics_table({"test/stress/mae": 1e-6})
+
+
+def test_baseline_column_sits_between_value_and_unit_with_empty_cells() -> None:
+    table = metrics_table(
+        {"test/energy/mae": 0.543, "test/energy/rmse": 0.834, "test/loss": 0.413},
+        baselines={"test/energy/mae": 1.27, "test/energy/rmse": 1.59, "val/energy/mae": 9.0},
+    )
+    lines = table.splitlines()
+    assert lines[0].split() == ["metric", "value", "baseline", "unit"]
+    assert lines[1].split() == ["test/energy/mae", "0.543", "1.27", "eV"]
+    assert lines[2].split() == ["test/energy/rmse", "0.834", "1.59", "eV"]
+    assert lines[3].split() == ["test/loss", "0.413"]  # no baseline: an empty cell
+    # Right-aligned columns: every value ends where its title ends.
+    for title in ("value", "baseline"):
+        end = lines[0].index(title) + len(title)
+        assert all(line[:end].rstrip() == line[:end] for line in lines[:3])
+
+
+def test_a_metric_without_a_baseline_keeps_the_unit_column_in_place() -> None:
+    table = metrics_table(
+        {"test/force/mae": 0.07, "test/force/cosine_similarity": 0.9},
+        baselines={"test/force/mae": 0.65},
+    )
+    cosine, mae = table.splitlines()[1:]
+    assert cosine.split() == ["test/force/cosine_similarity", "0.900"]
+    assert mae.endswith("0.650  eV/Å")
+
+
+def test_baseline_legend_names_each_key() -> None:
+    legend = baseline_legend({"bulk/ScalarRegressionTask/gap": "mean of the training targets"})
+    assert legend == (
+        "baseline (same test split): bulk/ScalarRegressionTask/gap: mean of the training targets"
+    )
+    assert baseline_legend({}) == ""

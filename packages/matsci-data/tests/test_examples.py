@@ -266,8 +266,11 @@ def test_bundled_path_rejects_unknown_names() -> None:
 
 def test_bundled_emt_rows_and_keys() -> None:
     rows = _rows(bundled_dataset_path("emt"))
-    assert all(row.key_value_pairs.keys() == {"structure_type"} for row in rows)
+    assert all(row.key_value_pairs.keys() == {"structure_type", "compressed"} for row in rows)
     assert Counter(row.structure_type for row in rows).keys() == {"fcc", "bcc", "hcp"}
+    # The binary label: positive EMT pressure (ASE's stress is positive under tension).
+    assert all(row.compressed == bool(row.stress[:3].mean() < 0) for row in rows)
+    assert 0.5 < sum(row.compressed for row in rows) / len(rows) < 0.8
     assert set().union(*(set(row.symbols) for row in rows)) == set(EMT_ELEMENTS)
     for row in rows[::15]:  # EMT on 20 rows; all 300 take a few seconds
         _assert_emt_labels(row)

@@ -121,7 +121,9 @@ def test_logged_names_per_stage_and_key() -> None:
 
 
 def test_predict_step_with_trainer_returns_physical_units() -> None:
-    task = _regression(normalize_kwargs={"energy": {"mean": 100.0, "std": 1e-6}})
+    # An intensive head: normalize_kwargs are the statistics of the target itself (an extensive
+    # energy takes per-atom ones).
+    task = _regression(normalize_kwargs={"energy": {"mean": 100.0, "std": 1e-6}}, extensive_keys=[])
     outputs = trainer().predict(task, loader(make_structures(10, seed=0), batch_size=4))
     assert outputs is not None
     energies = torch.cat([out["energy"] for out in outputs])  # type: ignore[index]
@@ -227,7 +229,8 @@ def test_from_pretrained_encoder_renames_only_the_leading_prefix(tmp_path: Path)
 
 def test_fitted_normalizer_equals_dataset_statistics() -> None:
     structures = make_structures(100, seed=0)
-    task = _regression(task_keys=["energy", "properties"], output_dims={"properties": 2})
+    task = _regression(task_keys=["energy", "properties"], output_dims={"properties": 2},
+                       extensive_keys=[])  # fmt: skip
     task.fit_normalizers(loader(structures, batch_size=7))
     for key, width in (("energy", 1), ("properties", 2)):
         values = torch.cat([d[key].reshape(1, width) for d in structures]).double()

@@ -24,7 +24,7 @@ def test_names_the_missing_key_and_the_keys_available() -> None:
     with pytest.raises(
         ValueError,
         match=r"target key \['band_gap'\] of ScalarRegressionTask is not in '.*emt.db'; keys "
-        r"available: \['energy', 'force', 'stress'\]",
+        r"available: \['compressed', 'energy', 'force', 'stress'\]",
     ):
         check_targets("ScalarRegressionTask", ["band_gap"], _data(None))
 

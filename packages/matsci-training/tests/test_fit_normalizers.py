@@ -29,7 +29,8 @@ def _trainer(datamodule: Any, ckpt_path: str | None = None) -> Any:
 
 
 def test_fits_the_task_normalizer_on_the_training_split(data: AtomsDataModule) -> None:
-    task = ScalarRegressionTask(**encoder_kwargs(), task_keys=["energy"])
+    # An intensive head, whose normalizer holds the mean and std of the target itself.
+    task = ScalarRegressionTask(**encoder_kwargs(), task_keys=["energy"], extensive_keys=[])
     FitNormalizers().setup(_trainer(data), task, "fit")
     energies = _energies(data)
     normalizer = task.normalizers["energy"]
@@ -39,7 +40,7 @@ def test_fits_the_task_normalizer_on_the_training_split(data: AtomsDataModule) -
 
 
 def test_a_multi_task_module_fits_each_task_on_its_dataset(data: AtomsDataModule) -> None:
-    task = ScalarRegressionTask(**encoder_kwargs(), task_keys=["energy"])
+    task = ScalarRegressionTask(**encoder_kwargs(), task_keys=["energy"], extensive_keys=[])
     module = MultiTaskLitModule(("emt", task))
     FitNormalizers().setup(_trainer(MultiDataModule({"emt": data})), module, "fit")
     normalizer = module.task("emt/ScalarRegressionTask").normalizers["energy"]

@@ -18,7 +18,7 @@ from matsci.cli._plots import (
     write_parity_plots,
 )
 from matsci.cli._predict import load_for_prediction, predict_main, predict_to_file
-from matsci.cli._report import UNITS, metric_unit, metrics_table
+from matsci.cli._report import UNITS, baseline_legend, metric_unit, metrics_table
 from matsci.cli._run_info import CHECKPOINT_KEY, RunInfo
 
 __version__ = _version("matsci-cli")
@@ -31,6 +31,7 @@ __all__ = [
     "MatsciCLI",
     "RunInfo",
     "__version__",
+    "baseline_legend",
     "confusion_plot",
     "learning_curve_plot",
     "load_for_prediction",

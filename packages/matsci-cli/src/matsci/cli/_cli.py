@@ -24,10 +24,18 @@ from matsci.cli._errors import DEBUG_VARIABLE, ConfigError, ShortErrorParser, sh
 from matsci.cli._paths import next_version, resolve_bundled
 from matsci.cli._plots import learning_curve_plot, write_parity_plots
 from matsci.cli._predict import predict_main
-from matsci.cli._report import metrics_table
+from matsci.cli._report import baseline_legend, metrics_table
 from matsci.cli._run_info import RunInfo
 from matsci.tasks.core import BaseTaskModule, MultiTaskLitModule
-from matsci.training import AtomThroughputMonitor, CheckTargets, FitNormalizers, PretrainedEncoder
+from matsci.training import (
+    BASELINE_DESCRIPTIONS,
+    AtomThroughputMonitor,
+    CheckTargets,
+    FitNormalizers,
+    PretrainedEncoder,
+    baseline_kind,
+    baseline_metrics,
+)
 
 _DESCRIPTION: Final = """\
 Train, test and use matsci tasks from YAML configuration files.
@@ -118,8 +126,10 @@ class MatsciCLI(LightningCLI):
       run's encoder;
     - a check at setup that the data holds every target key of the model;
     - after ``fit``, ``test`` of the best checkpoint (``test_after_fit``); after ``test``, a
-      table of test metrics with units, parity plots and a learning curve (``plots``) in the
-      run folder;
+      table of test metrics with units and, beside each, the obvious baseline on the same test
+      split (``baselines``: training mean, zero, majority class; see
+      :func:`~matsci.training.baseline_metrics`), parity plots and a learning curve (``plots``)
+      in the run folder;
     - strings ``"bundled:emt"`` and ``"bundled:spacegroup"`` stand for the example databases
       shipped with ``matsci-data``.
 
@@ -182,6 +192,13 @@ class MatsciCLI(LightningCLI):
             type=bool,
             default=True,
             help="After fit, test the best checkpoint and report its metrics.",
+        )
+        parser.add_argument(
+            "--baselines",
+            type=bool,
+            default=True,
+            help="Print the obvious baseline (training mean, zero, majority class) beside each "
+            "test metric; it reads the training split once.",
         )
         parser.add_argument(
             "--plots",
@@ -264,7 +281,9 @@ class MatsciCLI(LightningCLI):
             results = self.trainer.test(
                 self.model, datamodule=self.datamodule, ckpt_path=best or None, verbose=False
             )
-            self._report(results, best or "the final weights", plots=config.plots)
+            self._report(
+                results, best or "the final weights", plots=config.plots, baselines=config.baselines
+            )
         elif config.plots:
             self._learning_curve(None)
         print(f"matsci: run folder {self.trainer.log_dir}")
@@ -282,7 +301,12 @@ class MatsciCLI(LightningCLI):
         config = self.config[self.subcommand]
         ckpt_path = kwargs.get("ckpt_path")
         if verbose:
-            self._report(results, ckpt_path or "the initial weights", plots=config.plots)
+            self._report(
+                results,
+                ckpt_path or "the initial weights",
+                plots=config.plots,
+                baselines=config.baselines,
+            )
         print(f"matsci: run folder {self.trainer.log_dir}")
 
     # -- reports -----------------------------------------------------------------------------
@@ -298,9 +322,19 @@ class MatsciCLI(LightningCLI):
                     f"{100 * total.data_wait_fraction:.1f}% of the time"
                 )
 
-    def _report(self, results: Sequence[Mapping[str, float]], source: str, *, plots: bool) -> None:
+    def _report(
+        self,
+        results: Sequence[Mapping[str, float]],
+        source: str,
+        *,
+        plots: bool,
+        baselines: bool = True,
+    ) -> None:
         metrics = {name: value for result in results for name, value in result.items()}
-        print(f"\ntest metrics of {source}:\n{metrics_table(metrics)}\n")
+        found = self._baselines() if baselines else None
+        table = metrics_table(metrics, baselines=None if found is None else found[0])
+        legend = "" if found is None else baseline_legend(found[1])
+        print(f"\ntest metrics of {source}:\n{table}\n" + (f"{legend}\n" if legend else ""))
         if not plots or not self.trainer.is_global_zero:
             return
         written = self._parity_plots()
@@ -309,6 +343,35 @@ class MatsciCLI(LightningCLI):
             written.append(curve)
         if written:
             print("matsci: plots " + ", ".join(str(path) for path in written))
+
+    def _baselines(self) -> tuple[dict[str, float], dict[str, str]] | None:
+        """Baseline metrics on the test split and what each key's baseline predicts.
+
+        ``None`` where the model is no matsci task or the data module has no training and
+        test loaders (the column is then left out). Under DDP each process scores the share of
+        the test split its loader gives it.
+        """
+        model, datamodule = self.model, self.datamodule
+        if datamodule is None or not isinstance(model, BaseTaskModule | MultiTaskLitModule):
+            return None
+        try:
+            if isinstance(model, MultiTaskLitModule):
+                datasets = getattr(datamodule, "datasets", None)
+                if not isinstance(datasets, Mapping):
+                    return None
+                train: Any = {name: data.train_dataloader() for name, data in datasets.items()}
+                test: Any = {name: data.test_dataloader() for name, data in datasets.items()}
+            else:
+                train, test = datamodule.train_dataloader(), datamodule.test_dataloader()
+        except MisconfigurationException:  # a data module without a train or test loader
+            return None
+        kinds = {
+            f"{entry.log_prefix}{key}": BASELINE_DESCRIPTIONS[kind]
+            for entry in model.task_entries
+            for key in entry.task.task_keys
+            if (kind := baseline_kind(entry.task, key)) is not None
+        }
+        return baseline_metrics(model, train, test), kinds
 
     def _parity_plots(self) -> list[Path]:
         folder = Path(self.trainer.log_dir or ".")

@@ -63,11 +63,18 @@ def metric_unit(name: str) -> str:
     return unit
 
 
-def metrics_table(metrics: Mapping[str, float], prefix: str = "test/") -> str:
+def metrics_table(
+    metrics: Mapping[str, float],
+    prefix: str = "test/",
+    baselines: Mapping[str, float] | None = None,
+) -> str:
     """Format the metrics whose names start with ``prefix`` as an aligned text table.
 
     Per-key losses (``test/force/loss``) are left out: they are in normalized units and
-    repeat what the total ``test/loss`` says.
+    repeat what the total ``test/loss`` says. With ``baselines`` (for example from
+    :func:`matsci.training.baseline_metrics`) a ``baseline`` column shows the value of the
+    obvious baseline for the same metric on the same split; a metric without one gets an empty
+    cell.
 
     Parameters
     ----------
@@ -75,11 +82,14 @@ def metrics_table(metrics: Mapping[str, float], prefix: str = "test/") -> str:
         ``{name: value}``, for example what ``trainer.test`` returns.
     prefix
         Which metrics to show.
+    baselines
+        ``{name: value}`` of the baseline predictor, named like ``metrics``; ``None`` leaves
+        the column out.
 
     Returns
     -------
     str
-        One line per metric: name, value, unit.
+        One line per metric: name, value, (baseline,) unit.
 
     Examples
     --------
@@ -88,19 +98,67 @@ def metrics_table(metrics: Mapping[str, float], prefix: str = "test/") -> str:
     metric           value  unit
     test/force/mae  0.0712  eV/Å
     test/loss        0.250
+    >>> print(metrics_table({"test/energy/mae": 0.543, "test/loss": 0.41},
+    ...                     baselines={"test/energy/mae": 1.27}))
+    metric           value  baseline  unit
+    test/energy/mae  0.543      1.27  eV
+    test/loss        0.410
     """
     rows = [
-        (name, _format(float(value)), metric_unit(name))
+        (
+            name,
+            _format(float(value)),
+            "" if baselines is None or name not in baselines else _format(float(baselines[name])),
+            metric_unit(name),
+        )
         for name, value in sorted(metrics.items())
         if name.startswith(prefix) and not (name.endswith("/loss") and name.count("/") > 1)
     ]
-    width = max([len("metric"), *(len(name) for name, _, _ in rows)])
-    value_width = max([len("value"), *(len(value) for _, value, _ in rows)])
-    lines = [f"{'metric':<{width}}  {'value':>{value_width}}  unit"]
-    lines += [
-        f"{name:<{width}}  {value:>{value_width}}  {unit}".rstrip() for name, value, unit in rows
+    columns = [("metric", "<"), ("value", ">")]
+    if baselines is not None:
+        columns.append(("baseline", ">"))
+    widths = [
+        max([len(title), *(len(row[index]) for row in rows)])
+        for index, (title, _) in enumerate(columns)
     ]
-    return "\n".join(lines)
+    lines = []
+    for cells in [tuple(title for title, _ in columns), *(row[: len(columns)] for row in rows)]:
+        aligned = [
+            f"{cell:{align}{width}}"
+            for cell, (_, align), width in zip(cells, columns, widths, strict=True)
+        ]
+        lines.append(aligned)
+    units = ["unit", *(row[3] for row in rows)]
+    return "\n".join(
+        "  ".join([*aligned, unit]).rstrip() for aligned, unit in zip(lines, units, strict=True)
+    )
+
+
+def baseline_legend(kinds: Mapping[str, str]) -> str:
+    """One line saying what the ``baseline`` column predicts for each key.
+
+    Parameters
+    ----------
+    kinds
+        ``{key: description}`` (multi-task keys with their ``<dataset>/<task>/`` prefix), for
+        example from :func:`matsci.training.baseline_kind` and
+        :data:`matsci.training.BASELINE_DESCRIPTIONS`.
+
+    Returns
+    -------
+    str
+        ``"baseline (same test split): energy: mean of the training targets; ..."``, or ``""``
+        without keys.
+
+    Examples
+    --------
+    >>> baseline_legend({"energy": "mean of the training targets", "force": "zero prediction"})
+    'baseline (same test split): energy: mean of the training targets; force: zero prediction'
+    """
+    if not kinds:
+        return ""
+    parts = "; ".join(f"{key}: {description}" for key, description in kinds.items())
+    return f"baseline (same test split): {parts}"
 
 
 def _format(value: float) -> str:

@@ -7,11 +7,19 @@ per second (:class:`AtomThroughputMonitor`), a guard against NaN and infinite st
 normalizers fitted before a fresh fit (:class:`FitNormalizers`), a pretrained encoder
 (:class:`PretrainedEncoder`) and a check of the target keys at setup (:class:`CheckTargets`);
 a checkpoint writer that never leaves a torn file (:class:`AtomicCheckpointIO`); and
-:func:`load_model`, which restores any trained model from its checkpoint.
+:func:`load_model`, which restores any trained model from its checkpoint; and
+:func:`baseline_metrics`, the metrics of the obvious baseline (training mean, zero, majority
+class) that a trained model must beat.
 """
 
 from importlib.metadata import version as _version
 
+from matsci.training._baselines import (
+    BASELINE_DESCRIPTIONS,
+    BaselineKind,
+    baseline_kind,
+    baseline_metrics,
+)
 from matsci.training._check_targets import CheckTargets, check_targets
 from matsci.training._checkpoint_io import AtomicCheckpointIO
 from matsci.training._ema import ExponentialMovingAverage
@@ -30,8 +38,10 @@ from matsci.training._throughput import (
 __version__ = _version("matsci-training")
 
 __all__ = [
+    "BASELINE_DESCRIPTIONS",
     "AtomThroughputMonitor",
     "AtomicCheckpointIO",
+    "BaselineKind",
     "CheckTargets",
     "ExponentialMovingAverage",
     "FitNormalizers",
@@ -42,6 +52,8 @@ __all__ = [
     "RandomStateCheckpoint",
     "Throughput",
     "__version__",
+    "baseline_kind",
+    "baseline_metrics",
     "check_targets",
     "count_atoms_and_structures",
     "find_checkpoint",

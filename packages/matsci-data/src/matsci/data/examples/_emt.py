@@ -32,6 +32,10 @@ STRUCTURE_TYPES: Final[tuple[StructureType, ...]] = get_args(StructureType)
 STRUCTURE_TYPE_KEY: Final = "structure_type"
 """Key of the lattice (``"fcc"``, ``"bcc"`` or ``"hcp"``) in each row's key-value pairs."""
 
+COMPRESSED_KEY: Final = "compressed"
+r"""Key of the binary label in each row's key-value pairs: whether EMT's pressure
+:math:`p = -\operatorname{tr}(\sigma) / 3` is positive (the cell is under compression)."""
+
 # Unit cells of ``ase.build.bulk`` (fcc and bcc cubic with 4 and 2 atoms, hcp orthorhombic
 # with 4 atoms) and the repetitions that give supercells of 8 to 32 atoms.
 _REPEATS: Final[dict[StructureType, tuple[tuple[int, int, int], ...]]] = {
@@ -114,7 +118,9 @@ def _labelled_structures(
         forces = atoms.get_forces()
         stress = atoms.get_stress(voigt=True)
         atoms.calc = SinglePointCalculator(atoms, energy=energy, forces=forces, stress=stress)
-        yield atoms, {STRUCTURE_TYPE_KEY: structure_type}
+        # ASE's sign: a positive stress is tensile, so a compressed cell has a negative trace.
+        pressure = -float(np.mean(stress[:3]))
+        yield atoms, {STRUCTURE_TYPE_KEY: structure_type, COMPRESSED_KEY: pressure > 0.0}
 
 
 def make_emt_dataset(
@@ -148,8 +154,13 @@ def make_emt_dataset(
     Energy (eV), forces (eV/Å) and stress (eV/Å³, ASE's sign convention, Voigt order
     ``xx, yy, zz, yz, xz, xy``) come from ASE's effective-medium theory calculator
     :class:`ase.calculators.emt.EMT` (Jacobsen, Stoltze and Nørskov, Surf. Sci. 366, 394
-    (1996)) and are stored as the row's results, with the calculator name ``"emt"``. The key
-    ``structure_type`` (``"fcc"``, ``"bcc"`` or ``"hcp"``) is stored in the key-value pairs.
+    (1996)) and are stored as the row's results, with the calculator name ``"emt"``. Two keys
+    are stored in the key-value pairs: ``structure_type`` (``"fcc"``, ``"bcc"`` or ``"hcp"``)
+    and ``compressed``, a yes/no label for :class:`~matsci.tasks.core.BinaryClassificationTask`:
+    ``True`` where EMT's pressure :math:`p = -\operatorname{tr}(\sigma)/3` is positive, i.e. the
+    cell is smaller than EMT's equilibrium volume for its atoms and arrangement and pushes
+    outwards (about two thirds of the default structures: Vegard's volumes from the
+    elements' experimental lattice constants, the random strain and the rattling decide it).
 
     The same arguments give the same structures and labels, and the first ``k`` structures do
     not depend on ``num_structures``; only each row's ``ctime`` and ``user`` differ between runs.
@@ -204,6 +215,8 @@ def make_emt_dataset(
     >>> row = database.get(id=1)
     >>> row.structure_type in ("fcc", "bcc", "hcp"), 8 <= row.natoms <= 32
     (True, True)
+    >>> row.compressed == bool(row.stress[:3].mean() < 0)
+    True
     >>> row.forces.shape, row.stress.shape
     ((..., 3), (6,))
     """

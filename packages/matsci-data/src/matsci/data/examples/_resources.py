@@ -19,7 +19,8 @@ def bundled_dataset_path(name: BundledName) -> Path:
     """Path of a bundled example database (ASE SQLite), installed with matsci-data.
 
     ``"emt"`` holds 300 rattled, strained and alloyed metal supercells with EMT energies, forces
-    and stresses (:func:`make_emt_dataset` with its defaults); ``"spacegroup"`` holds 300 random
+    and stresses and the binary label ``compressed`` (:func:`make_emt_dataset` with its
+    defaults); ``"spacegroup"`` holds 300 random
     crystals, 50 in each of the space groups 14, 62, 139, 166, 194 and 225, with their
     ``spacegroup`` labels (:func:`make_spacegroup_dataset` with its defaults). Both were made
     with ``seed=0``. The files are part of the installed package: open them for reading only
@@ -49,7 +50,7 @@ def bundled_dataset_path(name: BundledName) -> Path:
     300
     >>> row = database.get(id=1)
     >>> sorted(row.key_value_pairs), row.calculator
-    (['structure_type'], 'emt')
+    (['compressed', 'structure_type'], 'emt')
     """
     if name not in BUNDLED_NAMES:
         raise ValueError(

@@ -2,38 +2,84 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from torch import nn
+import torch
+from torch import Tensor, nn
+from torch_geometric.data import Batch
+from torch_geometric.utils import scatter
 from torchmetrics import MeanAbsoluteError, MeanSquaredError, MetricCollection
+from typing_extensions import override
 
-from matsci.contract import AttributeSpec
+from matsci.contract import NUM_ELEMENTS, AttributeSpec, DatasetStatistics, ReferenceEnergyFit, keys
 from matsci.heads import OutputHead
 from matsci.tasks.core._base_task import BaseTaskModule
+from matsci.tasks.core._inputs import structure_index
+from matsci.tasks.core._normalizer import Normalizer
+
+DEFAULT_EXTENSIVE_KEYS: tuple[str, ...] = (keys.ENERGY,)
+"""Keys treated as extensive (a sum over atoms) unless ``extensive_keys`` says otherwise."""
+
+_EXACT_FIT = 1e-6
+"""A reference fit whose per-atom residual RMS is below this fraction of the RMS energy per atom
+is exact: the residual scale is then 1 (one unit per atom), not a rounding error."""
 
 
 class ScalarRegressionTask(BaseTaskModule):
-    """Predict one or more continuous properties per structure from the structure embedding.
+    r"""Predict one or more continuous properties per structure.
 
-    Each key gets its own head on the shared structure embedding, with output ``[B, k]`` for a
-    ``[B, k]`` target (``k = output_dims[key]``, default 1; a ``[B]`` target is read as
-    ``[B, 1]``). Loss ``MSELoss`` by default (any continuous loss works), on targets normalized
-    by the key's mean and standard deviation (identity until given or fitted); metrics MAE and
-    RMSE in physical units, logged as ``<stage>/<key>/mae`` and ``<stage>/<key>/rmse``.
+    Each key gets its own head, with output ``[B, k]`` for a ``[B, k]`` target
+    (``k = output_dims[key]``, default 1; a ``[B]`` target is read as ``[B, 1]``). Loss
+    ``MSELoss`` by default (any continuous loss works); metrics MAE and RMSE in physical units,
+    logged as ``<stage>/<key>/mae`` and ``<stage>/<key>/rmse``.
+
+    **Intensive keys** (a band gap, a modulus: the default for every key but ``energy``): a
+    dense head on the structure embedding, on targets normalized by the key's mean and standard
+    deviation (identity until given or fitted).
+
+    **Extensive keys** (``extensive_keys``, by default ``energy``, the total energy in eV):
+    the property is a sum of atom contributions, as in SchNet (Schütt et al., J. Chem. Phys.
+    148, 241722 (2018)), so a model trained on small cells predicts large ones. A head on the
+    atom embeddings gives each atom :math:`h_i` (normalized units) and
+
+    .. math:: y_b = \sum_{i \in b} \left(\sigma h_i + \mu + e_{Z_i}\right),
+
+    with per-element reference values :math:`e_Z` fitted by least squares on the composition
+    and :math:`\mu, \sigma` the mean and scale of the per-atom residual
+    :math:`(y_b - \sum_{i} e_{Z_i}) / N_b` (:meth:`fit_normalizers` sets :math:`\mu = 0` and
+    :math:`\sigma` to the residual RMS). The loss compares per-atom residuals in units of
+    :math:`\sigma`, so structures of every size weigh the same and the targets are of order 1;
+    metrics and predictions are totals. Normalizing the total instead (mean and standard
+    deviation over structures of different sizes) makes the target's spread mostly the number
+    of atoms, which a structure-level head cannot read reliably: the bundled EMT example then
+    trained worse than predicting the mean. Give ``extensive_keys=[]`` for the structure-level
+    head on every key.
 
     Parameters
     ----------
     output_dims
         ``{key: k}`` for keys with more than one column.
+    extensive_keys
+        Keys predicted as a sum over atoms (see above); ``None`` takes the task keys among
+        :data:`DEFAULT_EXTENSIVE_KEYS` (``energy``). For these keys ``normalize_kwargs`` gives the
+        per-atom ``mean`` and ``std`` of the residual, and the encoder must return atom
+        embeddings.
     **kwargs
         Arguments of :class:`BaseTaskModule` (``encoder`` or ``encoder_class``, ``task_keys``,
         ``loss_func``, ``lr``, ...).
 
+    Attributes
+    ----------
+    element_references : torch.nn.ModuleDict
+        Per extensive key, a module whose buffer ``values`` [119, k] (float64, eV or the key's
+        unit, indexed by Z) holds the per-element reference values; zeros until fitted.
+
     Raises
     ------
     ValueError
-        On an ``output_dims`` key that is not a task key or a width below 1, and everything
+        On an ``output_dims`` or ``extensive_keys`` key that is not a task key, a width below
+        1, an extensive key of more than one column with an irreps encoder, and everything
         :class:`BaseTaskModule` refuses.
 
     Examples
@@ -45,17 +91,49 @@ class ScalarRegressionTask(BaseTaskModule):
     ...     embedding_dim = 3
     ...     def forward(self, batch):
     ...         return Embeddings(point_embedding=batch.pos)
-    >>> task = ScalarRegressionTask(encoder=MeanPositionEncoder(), task_keys=["band_gap"],
+    >>> task = ScalarRegressionTask(encoder=MeanPositionEncoder(),
+    ...                             task_keys=["band_gap", "energy"],
     ...                             output_kwargs={"hidden_dim": 16})
+    >>> task.extensive_keys
+    ['energy']
     >>> data = Data(pos=torch.rand(4, 3), atomic_numbers=torch.tensor([1, 1, 8, 8]),
-    ...             natoms=torch.tensor([4]), band_gap=torch.tensor([1.5]))
-    >>> task.predict(Batch.from_data_list([data, data]))["band_gap"].shape
-    torch.Size([2, 1])
+    ...             natoms=torch.tensor([4]), band_gap=torch.tensor([1.5]),
+    ...             energy=torch.tensor([-14.0]))
+    >>> batch = Batch.from_data_list([data, data])
+    >>> task.fit_normalizers([batch])
+    >>> task.element_references["energy"].values[[1, 8]].flatten()
+    tensor([-3.5000, -3.5000], dtype=torch.float64)
+    >>> {key: value.shape for key, value in task.predict(batch).items()}
+    {'band_gap': torch.Size([2, 1]), 'energy': torch.Size([2, 1])}
     """
 
-    def __init__(self, output_dims: Mapping[str, int] | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        output_dims: Mapping[str, int] | None = None,
+        extensive_keys: Sequence[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
         self._output_dims_arg = dict(output_dims or {})
+        task_keys = list(kwargs.get("task_keys") or [])
+        if extensive_keys is None:
+            extensive = [key for key in task_keys if key in DEFAULT_EXTENSIVE_KEYS]
+        elif isinstance(extensive_keys, str):
+            raise ValueError(
+                f"ScalarRegressionTask(extensive_keys={extensive_keys!r}): expected a list of keys"
+            )
+        else:
+            extensive = list(extensive_keys)
+        unknown = sorted(set(extensive) - set(task_keys))
+        if unknown and task_keys:
+            raise ValueError(
+                f"ScalarRegressionTask(extensive_keys): keys {unknown} are not task keys "
+                f"{task_keys}"
+            )
+        self.extensive_keys: list[str] = [key for key in task_keys if key in set(extensive)]
         super().__init__(**kwargs)
+        self.element_references = nn.ModuleDict(
+            {key: _ElementReferences(self.output_dim(key)) for key in self.extensive_keys}
+        )
 
     def output_dim(self, key: str) -> int:
         """Number of columns ``k`` of ``key``."""
@@ -74,15 +152,23 @@ class ScalarRegressionTask(BaseTaskModule):
         return width
 
     def build_head(self, key: str, output_kwargs: Mapping[str, Any]) -> nn.Module:
-        """One dense head from the structure embedding to ``k`` outputs."""
-        return OutputHead(self.output_dim(key), input_dim=self.embedding_width(), **output_kwargs)
+        """A dense head from the structure embedding, or per atom for an extensive key."""
+        width = self.output_dim(key)
+        if key not in self.extensive_keys:
+            return OutputHead(width, input_dim=self.embedding_width(), **output_kwargs)
+        if not isinstance(self.encoder.embedding_dim, int) and width != 1:
+            raise ValueError(
+                f"{type(self).__name__}(extensive_keys): {key!r} has {width} columns; with an "
+                "irreps encoder an extensive key has one column (give one key per column)"
+            )
+        return self.point_head(width, output_kwargs)
 
     def target_specs(self) -> list[AttributeSpec]:
         """Each key: float ``[B, k]`` (or ``[B]`` when ``k == 1``); NaN marks a missing value."""
         return [AttributeSpec.graph_target(key, self.output_dim(key)) for key in self.task_keys]
 
     def normalizer_dim(self, key: str) -> int:
-        """Every key is normalized, per column."""
+        """Every key is normalized, per column (extensive keys per atom)."""
         return self.output_dim(key)
 
     def build_metrics(self, key: str) -> MetricCollection:
@@ -90,3 +176,227 @@ class ScalarRegressionTask(BaseTaskModule):
         return MetricCollection(
             {"mae": MeanAbsoluteError(), "rmse": MeanSquaredError(squared=False)}
         )
+
+    # -- extensive keys: sums of atom contributions ---------------------------------------------
+
+    @override
+    def compute_outputs(self, embeddings: Any, batch: Batch) -> dict[str, Tensor]:
+        """Head outputs: normalized ``[B, k]`` for intensive keys, totals for extensive ones.
+
+        Extensive keys come out in physical units already (the sum needs the batch's atoms,
+        which :meth:`to_physical` does not see); :meth:`compute_losses` normalizes them.
+        """
+        intensive = [key for key in self.task_keys if key not in self.extensive_keys]
+        system = self.system_embedding(embeddings, batch) if intensive else None
+        outputs: dict[str, Tensor] = {}
+        for key, head in self.output_heads.items():
+            if key not in self.extensive_keys:
+                outputs[key] = head(system)
+                continue
+            atoms = self._atom_embeddings(embeddings, key)
+            normalizer: Normalizer = self.normalizers[key]  # type: ignore[assignment]
+            contribution = normalizer.denormalize(head(atoms))  # [N, k]
+            contribution = contribution + self._reference_values(key, batch, contribution.dtype)
+            outputs[key] = scatter(
+                contribution, structure_index(batch), dim=0, dim_size=_num_structures(batch),
+                reduce="sum",
+            )  # fmt: skip
+        return outputs
+
+    @override
+    def to_physical(self, key: str, output: Tensor) -> Tensor:
+        """De-normalize intensive keys; extensive keys are totals in physical units already."""
+        if key in self.extensive_keys:
+            return output
+        return super().to_physical(key, output)
+
+    @override
+    def loss_target(self, key: str, target: Tensor) -> Tensor:
+        """Normalize intensive keys; extensive keys arrive normalized per atom."""
+        if key in self.extensive_keys:
+            return target
+        return super().loss_target(key, target)
+
+    @override
+    def compute_losses(
+        self,
+        outputs: Mapping[str, Tensor],
+        batch: Batch,
+        *,
+        targets: Mapping[str, Tensor] | None = None,
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        r"""The losses of :class:`BaseTaskModule`; extensive keys compared per atom, normalized.
+
+        Prediction and target of an extensive key both become
+        :math:`((y_b - \sum_i e_{Z_i}) / N_b - \mu) / \sigma` first.
+        """
+        if not self.extensive_keys:
+            return super().compute_losses(outputs, batch, targets=targets)
+        given = dict(targets) if targets is not None else self.get_targets(batch)
+        per_atom_outputs, per_atom_targets = dict(outputs), dict(given)
+        for key in self.extensive_keys:
+            per_atom_outputs[key] = self._normalized_per_atom(key, outputs[key], batch)
+            per_atom_targets[key] = self._normalized_per_atom(key, given[key], batch)
+        return super().compute_losses(per_atom_outputs, batch, targets=per_atom_targets)
+
+    def _normalized_per_atom(self, key: str, total: Tensor, batch: Batch) -> Tensor:
+        """``[B, k]`` totals as normalized per-atom residuals of the element references."""
+        index = structure_index(batch)
+        size = _num_structures(batch)
+        reference = scatter(self._reference_values(key, batch, total.dtype), index, dim=0,
+                            dim_size=size, reduce="sum")  # fmt: skip  # [B, k]
+        natoms = torch.bincount(index, minlength=size).to(total.dtype).unsqueeze(-1)  # [B, 1]
+        normalizer: Normalizer = self.normalizers[key]  # type: ignore[assignment]
+        return normalizer.normalize((total.reshape(size, -1) - reference) / natoms)
+
+    def _reference_values(self, key: str, batch: Batch, dtype: torch.dtype) -> Tensor:
+        """Each atom's reference value, ``[N, k]``."""
+        references: _ElementReferences = self.element_references[key]  # type: ignore[assignment]
+        return references.values[batch[keys.ATOMIC_NUMBERS]].to(dtype)
+
+    def _atom_embeddings(self, embeddings: Any, key: str) -> Tensor:
+        if embeddings.point_embedding is None:
+            raise ValueError(
+                f"{type(self).__name__}: the extensive key {key!r} is a sum over atoms and needs "
+                "the encoder's point_embedding, which it did not return; give "
+                "extensive_keys=[] for a head on the structure embedding"
+            )
+        atoms: Tensor = embeddings.point_embedding
+        return atoms
+
+    # -- normalization ---------------------------------------------------------------------------
+
+    @override
+    @torch.no_grad()
+    def fit_normalizers(
+        self, batches: Iterable[Batch], keys_to_fit: Sequence[str] | None = None
+    ) -> None:
+        """Fit normalization in one streaming pass over batches (typically the training loader).
+
+        Intensive keys: mean and standard deviation per column. Extensive keys: per-element
+        reference values by least squares on the composition (one fit per column, as
+        :class:`~matsci.contract.ReferenceEnergyFit` does for energies), then ``mean`` 0 and
+        ``std`` the RMS of the per-atom residual. NaN (missing) targets are ignored.
+
+        Parameters
+        ----------
+        batches
+            An iterable of batches.
+        keys_to_fit
+            Keys to fit; default every task key.
+
+        Raises
+        ------
+        ValueError
+            If a key is not a task key, or has no present value.
+        """
+        fit_keys = self._keys_to_fit(keys_to_fit, "fit_normalizers")
+        intensive = [key for key in fit_keys if key not in self.extensive_keys]
+        fits = {
+            key: [ReferenceEnergyFit() for _ in range(self.output_dim(key))]
+            for key in fit_keys
+            if key in self.extensive_keys
+        }
+        for key in intensive:
+            self.normalizers[key].reset_statistics()  # type: ignore[operator]
+        for batch in batches:
+            for key in intensive:
+                self.normalizers[key].update(self.get_target(batch, key))  # type: ignore[operator]
+            for key, columns in fits.items():
+                target = self.get_target(batch, key)
+                index = structure_index(batch)
+                for column, fit in enumerate(columns):
+                    fit.update(batch[keys.ATOMIC_NUMBERS], index, target[:, column])
+        for key in intensive:
+            self.normalizers[key].finalize()  # type: ignore[operator]
+        for key, columns in fits.items():
+            if any(fit.num_structures == 0 for fit in columns):
+                raise ValueError(
+                    f"{type(self).__name__}.fit_normalizers: {key!r} has no value in the batches"
+                )
+            references = torch.stack([fit.solve() for fit in columns], dim=-1)  # [119, k]
+            self._set_extensive_statistics(
+                key, references, [_residual_scale(fit) for fit in columns],
+                count=[fit.num_structures for fit in columns],
+            )  # fmt: skip
+
+    @override
+    @torch.no_grad()
+    def apply_statistics(
+        self, statistics: DatasetStatistics, keys_to_apply: Sequence[str] | None = None
+    ) -> None:
+        """Set normalization from dataset statistics computed once, in ``matsci.data``.
+
+        Intensive keys take the per-column mean and standard deviation. An extensive
+        ``energy`` takes ``reference_energies`` and ``reference_residual_rms`` (what
+        :func:`matsci.data.compute_statistics` reports with ``keys=["energy", ...]``); other
+        extensive keys have no such statistics: fit them with :meth:`fit_normalizers`.
+
+        Parameters
+        ----------
+        statistics
+            Statistics of the training data.
+        keys_to_apply
+            Keys to set; default every task key.
+
+        Raises
+        ------
+        ValueError
+            If a key is not a task key or the statistics lack what it needs.
+        """
+        apply = self._keys_to_fit(keys_to_apply, "apply_statistics")
+        intensive = [key for key in apply if key not in self.extensive_keys]
+        if intensive:
+            super().apply_statistics(statistics, intensive)
+        for key in apply:
+            if key not in self.extensive_keys:
+                continue
+            references, rms = statistics.reference_energies, statistics.reference_residual_rms
+            if key != keys.ENERGY or references is None or rms is None:
+                raise ValueError(
+                    f"{type(self).__name__}.apply_statistics: the extensive key {key!r} needs "
+                    "per-element references, which dataset statistics hold only for 'energy' "
+                    "(computed with keys=['energy', ...]); use fit_normalizers for it"
+                )
+            counted = statistics.count.get(key)
+            self._set_extensive_statistics(
+                key, references.reshape(NUM_ELEMENTS, 1), [rms],
+                count=None if counted is None else [int(counted.reshape(-1)[0])],
+            )  # fmt: skip
+
+    def _set_extensive_statistics(
+        self, key: str, references: Tensor, scale: list[float], count: list[int] | None = None
+    ) -> None:
+        """References ``[119, k]``; the normalizer: mean 0, std ``scale`` (per column)."""
+        holder: _ElementReferences = self.element_references[key]  # type: ignore[assignment]
+        holder.values.copy_(references.to(holder.values))
+        normalizer: Normalizer = self.normalizers[key]  # type: ignore[assignment]
+        normalizer.load_statistics(
+            torch.zeros(len(scale), dtype=torch.float64),
+            torch.tensor(scale, dtype=torch.float64),
+            None if count is None else torch.tensor(count, dtype=torch.float64),
+        )
+
+
+class _ElementReferences(nn.Module):
+    """Per-element reference values of one extensive key: buffer ``values`` [119, k], float64."""
+
+    values: Tensor
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.register_buffer("values", torch.zeros(NUM_ELEMENTS, dim, dtype=torch.float64))
+
+    def extra_repr(self) -> str:
+        return f"dim={self.values.shape[1]}"
+
+
+def _num_structures(batch: Batch) -> int:
+    return int(getattr(batch, "num_graphs", 1))
+
+
+def _residual_scale(fit: ReferenceEnergyFit) -> float:
+    """The per-atom residual RMS, or 1 where the fit is exact (up to rounding)."""
+    residual = fit.residual_rms()
+    size = fit.residual_rms(torch.zeros(NUM_ELEMENTS, dtype=torch.float64))
+    return 1.0 if residual <= _EXACT_FIT * max(size, 1e-300) else residual
