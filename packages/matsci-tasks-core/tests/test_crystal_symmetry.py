@@ -69,8 +69,8 @@ def test_bad_arguments(kwargs: dict[str, object], match: str) -> None:
 
 
 def test_first_batch_check_names_labels_outside_1_to_230() -> None:
-    # On an accelerator later batches are checked asynchronously; the first batch of each
-    # stage still gets the clear error, through check_batch.
+    # On an accelerator get_target does not read labels back; the first batch of each stage
+    # still gets the clear error, through check_batch.
     task = CrystalSymmetryClassificationTask(**encoder_kwargs())
     batch = Batch.from_data_list(make_structures(4, seed=0))
     task.check_batch(batch)
@@ -78,3 +78,22 @@ def test_first_batch_check_names_labels_outside_1_to_230() -> None:
     with pytest.raises(ValueError, match=r"labels \[0\] are outside 1\.\.230"):
         task.check_batch(batch)
     task.check_batch(batch, with_targets=False)  # prediction needs no labels
+
+
+def test_labels_on_an_accelerator_are_not_read_back_in_the_step() -> None:
+    # Labels on the meta device cannot be read: get_target must not look at their values
+    # (no host synchronisation per step on an accelerator); check_batch checks first batches.
+    task = CrystalSymmetryClassificationTask(**encoder_kwargs())
+    batch = Batch.from_data_list(make_structures(4, seed=0))
+    batch.spacegroup = torch.tensor([225, 0, 231, 14], device="meta")
+    labels = task.get_target(batch, "spacegroup")
+    assert labels.device.type == "meta"
+    assert labels.shape == (4,)
+
+
+def test_a_bad_label_in_a_later_training_batch_stops_fit_with_the_clear_error() -> None:
+    structures = make_structures(8, seed=0)
+    structures[6].spacegroup = torch.tensor([0])
+    task = CrystalSymmetryClassificationTask(**encoder_kwargs())
+    with pytest.raises(ValueError, match=r"labels \[0\] are outside 1\.\.230"):
+        trainer(max_epochs=1).fit(task, loader(structures, batch_size=2))

@@ -28,6 +28,7 @@ from matsci.tasks.core._inputs import (
     prepare_encoder_input,
     structure_index,
 )
+from matsci.tasks.core._lattice import LATTICE_FEATURES, lattice_invariants, reduced_basis
 from matsci.tasks.core._loss_weights import LossWeightSchedule
 from matsci.tasks.core._masked_loss import MaskedLoss
 from matsci.tasks.core._multitask import MultiTaskLitModule
@@ -43,6 +44,7 @@ from matsci.tasks.core._scalar_regression import ScalarRegressionTask
 __version__ = _version("matsci-tasks-core")
 
 __all__ = [
+    "LATTICE_FEATURES",
     "DEFAULT_OUTPUT_KWARGS",
     "NUM_SPACEGROUPS",
     "AttributeSpec",
@@ -63,6 +65,8 @@ __all__ = [
     "TaskEntry",
     "View",
     "__version__",
+    "lattice_invariants",
+    "reduced_basis",
     "autograd_ready_copy",
     "build_optimizer",
     "build_scheduler",

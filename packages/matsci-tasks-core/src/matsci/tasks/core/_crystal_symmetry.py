@@ -7,13 +7,15 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch_geometric.data import Batch
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 from typing_extensions import override
 
-from matsci.contract import AttributeSpec, ClassConfig, keys
+from matsci.contract import AttributeSpec, ClassConfig, Embeddings, keys
 from matsci.heads import OutputHead
 from matsci.tasks.core._base_task import BaseTaskModule
+from matsci.tasks.core._lattice import LATTICE_FEATURES, lattice_invariants
 
 NUM_SPACEGROUPS = 230
 """Number of crystallographic space groups; labels run from 1 to 230."""
@@ -28,12 +30,21 @@ class CrystalSymmetryClassificationTask(BaseTaskModule):
     (``<stage>/spacegroup/top1``, ``.../top5``, ``.../f1_macro``). :meth:`predict` returns the
     most likely space group number and its probability. Often used for pretraining.
 
+    The head reads the structure embedding and, with ``lattice_features`` (the default), the
+    :func:`lattice_invariants` of the cell: lengths and angles of a reduced basis and the
+    degeneracies (equal lengths, right and 60°/120° angles) that define crystal systems. Pooled
+    atom features from a local encoder do not carry them, and without them a classifier falls
+    back on chemistry (the benchmarks page measures both).
+
     Parameters
     ----------
     class_weights
         230 weights, one per space group (1 first), for the default loss.
     label_smoothing
         Label smoothing of the default loss, in ``[0, 1)``.
+    lattice_features
+        Give the head the lattice invariants beside the structure embedding; every structure
+        then needs a ``cell`` (set ``False`` for structures without one).
     **kwargs
         Arguments of :class:`BaseTaskModule`; ``task_keys`` defaults to ``["spacegroup"]``.
 
@@ -41,7 +52,8 @@ class CrystalSymmetryClassificationTask(BaseTaskModule):
     ------
     ValueError
         If ``task_keys`` is other than ``["spacegroup"]``, ``class_weights`` has another
-        length, or these options are combined with a custom ``loss_func``.
+        length, or these options are combined with a custom ``loss_func``; at a batch without
+        ``cell`` when ``lattice_features`` is on.
 
     Examples
     --------
@@ -54,7 +66,8 @@ class CrystalSymmetryClassificationTask(BaseTaskModule):
     ...         return Embeddings(point_embedding=batch.pos)
     >>> task = CrystalSymmetryClassificationTask(encoder=PositionEncoder(), label_smoothing=0.1)
     >>> data = Data(pos=torch.rand(2, 3), atomic_numbers=torch.tensor([11, 17]),
-    ...             natoms=torch.tensor([2]), spacegroup=torch.tensor([225]))
+    ...             natoms=torch.tensor([2]), spacegroup=torch.tensor([225]),
+    ...             cell=5.6 * torch.eye(3).unsqueeze(0))
     >>> out = task.predict(Batch.from_data_list([data]))
     >>> sorted(out), int(out["spacegroup"].min()) >= 1
     (['spacegroup', 'spacegroup_probability'], True)
@@ -67,6 +80,7 @@ class CrystalSymmetryClassificationTask(BaseTaskModule):
         self,
         class_weights: Sequence[float] | None = None,
         label_smoothing: float = 0.0,
+        lattice_features: bool = True,
         **kwargs: Any,
     ) -> None:
         if (class_weights is not None or label_smoothing) and kwargs.get("loss_func") is not None:
@@ -81,6 +95,7 @@ class CrystalSymmetryClassificationTask(BaseTaskModule):
             )
         self.class_weights = None if class_weights is None else [float(w) for w in class_weights]
         self.label_smoothing = float(label_smoothing)
+        self.lattice_features = bool(lattice_features)
         super().__init__(**kwargs)
 
     @override
@@ -94,28 +109,43 @@ class CrystalSymmetryClassificationTask(BaseTaskModule):
         return {"class_path": "torch.nn.CrossEntropyLoss", "init_args": init_args}
 
     def build_head(self, key: str, output_kwargs: Mapping[str, Any]) -> nn.Module:
-        """A dense head with 230 logits."""
-        return OutputHead(NUM_SPACEGROUPS, input_dim=self.embedding_width(), **output_kwargs)
+        """A dense head with 230 logits (on the embedding and, if asked, lattice invariants)."""
+        width = self.embedding_width() + (LATTICE_FEATURES if self.lattice_features else 0)
+        return OutputHead(NUM_SPACEGROUPS, input_dim=width, **output_kwargs)
+
+    @override
+    def compute_outputs(self, embeddings: Embeddings, batch: Batch) -> dict[str, Tensor]:
+        """Logits ``[B, 230]`` from the structure embedding (and the lattice invariants)."""
+        system = self.system_embedding(embeddings, batch)
+        if self.lattice_features:
+            cell = getattr(batch, keys.CELL, None)
+            if cell is None:
+                raise ValueError(
+                    "CrystalSymmetryClassificationTask: lattice_features needs each "
+                    "structure's 'cell'; the batch has none (set lattice_features=False for "
+                    "structures without a lattice)"
+                )
+            invariants = lattice_invariants(cell.reshape(-1, 3, 3).to(system.dtype))
+            system = torch.cat([system, invariants], dim=-1)
+        return {key: head(system) for key, head in self.output_heads.items()}
 
     def target_specs(self) -> list[AttributeSpec]:
         """``spacegroup``: integer ``[B]``."""
         return [AttributeSpec(keys.SPACEGROUP, "graph", (1,), dtype="int", squeeze_ok=True)]
 
     def get_target(self, batch: Any, key: str) -> Tensor:
-        """Space group numbers ``[B]`` (1..230), checked on every batch without a host sync.
+        """Space group numbers ``[B]`` (1..230); labels in host memory are checked here.
 
-        On the CPU a label outside 1..230 raises a ``ValueError`` naming it. On an accelerator
-        the check is asynchronous (``torch._assert_async``: reading the labels back would stall
-        every step); the first batch of each stage is checked with the clear error by
-        :meth:`check_batch`, and a bad label in a later batch stops the run with a device-side
-        assertion.
+        Labels on the CPU outside 1..230 raise a ``ValueError`` naming them, on every batch
+        (reading host memory costs no synchronisation). Labels on an accelerator are not read
+        back, which would stall every step: the first batch of each stage gets the same error
+        from :meth:`check_batch`, which the engine runs and which synchronises once; in later
+        batches an out-of-range class index stops the default ``CrossEntropyLoss`` with the
+        device's own bounds assertion.
         """
         labels: Tensor = batch[key].reshape(-1)
-        inside = (labels >= 1) & (labels <= NUM_SPACEGROUPS)
         if labels.device.type == "cpu":
-            _raise_outside(labels, inside)
-        else:
-            torch._assert_async(inside.all(), _OUTSIDE)
+            _check_labels(labels)
         return labels
 
     def check_batch(self, batch: Any, *, with_targets: bool = True) -> None:
@@ -128,8 +158,7 @@ class CrystalSymmetryClassificationTask(BaseTaskModule):
         """
         super().check_batch(batch, with_targets=with_targets)
         if with_targets:
-            labels: Tensor = batch[keys.SPACEGROUP].reshape(-1)
-            _raise_outside(labels, (labels >= 1) & (labels <= NUM_SPACEGROUPS))
+            _check_labels(batch[keys.SPACEGROUP].reshape(-1))
 
     def loss_target(self, key: str, target: Tensor) -> Tensor:
         """Class indices from 0 for the loss."""
@@ -179,10 +208,9 @@ class CrystalSymmetryClassificationTask(BaseTaskModule):
         )
 
 
-_OUTSIDE = "CrystalSymmetryClassificationTask: space group labels outside 1..230"
-
-
-def _raise_outside(labels: Tensor, inside: Tensor) -> None:
+def _check_labels(labels: Tensor) -> None:
+    """Raise a ``ValueError`` naming the labels outside 1..230 (reads them on the host)."""
+    inside = (labels >= 1) & (labels <= NUM_SPACEGROUPS)
     if not bool(inside.all()):
         bad = sorted(set(labels[~inside].tolist()))
         raise ValueError(
