@@ -39,7 +39,7 @@ from matsci.contract import testing
 from matsci.data import AseDbDataset
 from matsci.data.examples import bundled_dataset_path, make_spacegroup_dataset
 from matsci.tasks.core import CrystalSymmetryClassificationTask
-from matsci.transforms import PeriodicRadiusGraph
+from matsci.transforms import PeriodicRadiusGraph, PrimitiveCell
 
 CUTOFF = 5.0
 """Neighbour cutoff (Å) of the graphs and encoders; no cap on the number of neighbours."""
@@ -47,13 +47,14 @@ ELEMENTS = (3, 6, 7, 8, 9, 11, 12, 13, 14, 16, 17, 19, 20, 22, 26, 30)
 """Atomic numbers of the generator's default elements, the targets of the relabelling."""
 
 
-def load(paths: Sequence[Path]) -> list[Data]:
-    """Every crystal of the databases with its label and radius graph, in memory."""
+def load(paths: Sequence[Path], primitive: bool = True) -> list[Data]:
+    """Every crystal of the databases with its label, radius graph and primitive cell."""
     graph = PeriodicRadiusGraph(cutoff=CUTOFF)
+    cell = PrimitiveCell() if primitive else (lambda data: data)
     structures: list[Data] = []
     for path in paths:
         dataset = AseDbDataset(path, keys=["spacegroup"])
-        structures += [graph(dataset[i]) for i in range(len(dataset))]
+        structures += [cell(graph(dataset[i])) for i in range(len(dataset))]
     return structures
 
 
@@ -167,6 +168,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-relabel", dest="relabel", action="store_false")
     parser.add_argument(
+        "--no-primitive",
+        dest="primitive",
+        action="store_false",
+        help="without PrimitiveCell: the head sees the stored cell only",
+    )
+    parser.add_argument(
         "--no-lattice",
         dest="lattice",
         action="store_false",
@@ -182,7 +189,8 @@ def main() -> None:
     started = time.perf_counter()
     args.cache.mkdir(parents=True, exist_ok=True)
 
-    structures = load([bundled_dataset_path("spacegroup"), *generated(args.generate, args.cache)])
+    paths = [bundled_dataset_path("spacegroup"), *generated(args.generate, args.cache)]
+    structures = load(paths, primitive=args.primitive)
     random.Random(args.seed).shuffle(structures)
     test_size, val_size = len(structures) // 5, len(structures) // 10
     splits = {

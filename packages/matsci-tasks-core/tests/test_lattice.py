@@ -6,9 +6,11 @@ from matsci.contract import Embeddings
 from matsci.contract.testing import random_rotation
 from matsci.tasks.core import (
     LATTICE_FEATURES,
+    SYMMETRY_FEATURES,
     CrystalSymmetryClassificationTask,
     lattice_invariants,
     reduced_basis,
+    symmetry_features,
 )
 
 
@@ -90,7 +92,7 @@ def _crystal(cell: torch.Tensor | None) -> Batch:
 
 def test_the_head_sees_the_lattice() -> None:
     task = CrystalSymmetryClassificationTask(encoder=_Mean())
-    assert task.output_heads["spacegroup"].input_dim == 4 + LATTICE_FEATURES
+    assert task.output_heads["spacegroup"].input_dim == 4 + SYMMETRY_FEATURES
     # The same atoms with the same embeddings: only the lattice differs.
     cubic = task(_crystal(4.0 * torch.eye(3)))["spacegroup"]
     tetragonal = task(_crystal(torch.diag(torch.tensor([4.0, 4.0, 6.0]))))["spacegroup"]
@@ -103,3 +105,22 @@ def test_structures_without_a_cell_need_lattice_features_off() -> None:
     task = CrystalSymmetryClassificationTask(encoder=_Mean(), lattice_features=False)
     assert task.output_heads["spacegroup"].input_dim == 4
     assert task(_crystal(None))["spacegroup"].shape == (1, 230)
+
+
+def test_symmetry_features_count_the_lattice_points_and_see_the_primitive_lattice() -> None:
+    hexagonal = torch.tensor([[3.0, 0.0, 0.0], [-1.5, 1.5 * 3**0.5, 0.0], [0.0, 0.0, 9.0]])
+    # The primitive cell of a rhombohedral lattice in these hexagonal axes (obverse setting).
+    fractional = torch.tensor(
+        [[2 / 3, 1 / 3, 1 / 3], [-1 / 3, 1 / 3, 1 / 3], [-1 / 3, -2 / 3, 1 / 3]]
+    )
+    rhombohedral = fractional @ hexagonal
+    cells = torch.stack([hexagonal, hexagonal])
+    features = symmetry_features(cells, torch.stack([hexagonal, rhombohedral]))
+    assert features.shape == (2, SYMMETRY_FEATURES)
+    torch.testing.assert_close(features[:, :LATTICE_FEATURES], lattice_invariants(cells))
+    torch.testing.assert_close(features[:, -1].exp(), torch.tensor([1.0, 3.0]), rtol=1e-4, atol=0)
+    assert not torch.allclose(features[0], features[1])
+    # Without a primitive cell, the cell stands for it and there is one lattice point.
+    alone = symmetry_features(cells)
+    torch.testing.assert_close(alone[:, LATTICE_FEATURES:-1], alone[:, :LATTICE_FEATURES])
+    torch.testing.assert_close(alone[:, -1], torch.zeros(2))

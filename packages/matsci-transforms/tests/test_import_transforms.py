@@ -15,6 +15,7 @@ def test_public_names() -> None:
     assert package.__all__ == [
         "NoisyPositions",
         "PeriodicRadiusGraph",
+        "PrimitiveCell",
         "__version__",
         "edge_vectors",
         "keys",

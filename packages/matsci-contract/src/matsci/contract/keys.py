@@ -34,6 +34,8 @@ STRUCTURE_ID: Final = "structure_id"
 """[B] long, the row id (database) or frame index (file) of each structure, to trace bad data."""
 NOISY_POS: Final = "noisy_pos"
 """[N, 3] float, positions with noise added by ``NoisyPositions``."""
+PRIMITIVE_CELL: Final = "primitive_cell"
+"""[B, 3, 3] float, primitive lattice vectors as rows in Å, added by ``PrimitiveCell``."""
 
 ENERGY: Final = "energy"
 """[B] float, total energy in eV."""
@@ -48,6 +50,6 @@ DENOISE: Final = "denoise"
 
 STRUCTURE_KEYS: Final = frozenset(
     {POS, ATOMIC_NUMBERS, CELL, PBC, NATOMS, EDGE_INDEX, CELL_OFFSETS, BATCH, STRUCTURE_ID}
-    | {NOISY_POS}
+    | {NOISY_POS, PRIMITIVE_CELL}
 )
 """Attributes that describe a structure or its graph, never a target."""

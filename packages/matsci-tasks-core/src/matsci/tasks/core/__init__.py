@@ -28,7 +28,13 @@ from matsci.tasks.core._inputs import (
     prepare_encoder_input,
     structure_index,
 )
-from matsci.tasks.core._lattice import LATTICE_FEATURES, lattice_invariants, reduced_basis
+from matsci.tasks.core._lattice import (
+    LATTICE_FEATURES,
+    SYMMETRY_FEATURES,
+    lattice_invariants,
+    reduced_basis,
+    symmetry_features,
+)
 from matsci.tasks.core._loss_weights import LossWeightSchedule
 from matsci.tasks.core._masked_loss import MaskedLoss
 from matsci.tasks.core._multitask import MultiTaskLitModule
@@ -45,6 +51,7 @@ __version__ = _version("matsci-tasks-core")
 
 __all__ = [
     "LATTICE_FEATURES",
+    "SYMMETRY_FEATURES",
     "DEFAULT_OUTPUT_KWARGS",
     "NUM_SPACEGROUPS",
     "AttributeSpec",
@@ -67,6 +74,7 @@ __all__ = [
     "__version__",
     "lattice_invariants",
     "reduced_basis",
+    "symmetry_features",
     "autograd_ready_copy",
     "build_optimizer",
     "build_scheduler",

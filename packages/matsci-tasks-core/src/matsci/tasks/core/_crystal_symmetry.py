@@ -15,7 +15,7 @@ from typing_extensions import override
 from matsci.contract import AttributeSpec, ClassConfig, Embeddings, keys
 from matsci.heads import OutputHead
 from matsci.tasks.core._base_task import BaseTaskModule
-from matsci.tasks.core._lattice import LATTICE_FEATURES, lattice_invariants
+from matsci.tasks.core._lattice import SYMMETRY_FEATURES, symmetry_features
 
 NUM_SPACEGROUPS = 230
 """Number of crystallographic space groups; labels run from 1 to 230."""
@@ -31,10 +31,13 @@ class CrystalSymmetryClassificationTask(BaseTaskModule):
     most likely space group number and its probability. Often used for pretraining.
 
     The head reads the structure embedding and, with ``lattice_features`` (the default), the
-    :func:`lattice_invariants` of the cell: lengths and angles of a reduced basis and the
-    degeneracies (equal lengths, right and 60°/120° angles) that define crystal systems. Pooled
-    atom features from a local encoder do not carry them, and without them a classifier falls
-    back on chemistry (the benchmarks page measures both).
+    :func:`symmetry_features` of the cell: lengths and angles of a reduced basis and the
+    degeneracies (equal lengths, right and 60°/120° angles) that define crystal systems, for the
+    cell and for the ``primitive_cell`` when the batch has one (add
+    :class:`~matsci.transforms.PrimitiveCell` to the ``pre_transform``: it tells centred
+    lattices, such as rhombohedral and hexagonal, apart). Pooled atom features from a local
+    encoder do not carry them, and without them a classifier falls back on chemistry (the
+    benchmarks page measures both).
 
     Parameters
     ----------
@@ -110,7 +113,7 @@ class CrystalSymmetryClassificationTask(BaseTaskModule):
 
     def build_head(self, key: str, output_kwargs: Mapping[str, Any]) -> nn.Module:
         """A dense head with 230 logits (on the embedding and, if asked, lattice invariants)."""
-        width = self.embedding_width() + (LATTICE_FEATURES if self.lattice_features else 0)
+        width = self.embedding_width() + (SYMMETRY_FEATURES if self.lattice_features else 0)
         return OutputHead(NUM_SPACEGROUPS, input_dim=width, **output_kwargs)
 
     @override
@@ -125,7 +128,8 @@ class CrystalSymmetryClassificationTask(BaseTaskModule):
                     "structure's 'cell'; the batch has none (set lattice_features=False for "
                     "structures without a lattice)"
                 )
-            invariants = lattice_invariants(cell.reshape(-1, 3, 3).to(system.dtype))
+            primitive = getattr(batch, keys.PRIMITIVE_CELL, None)
+            invariants = symmetry_features(cell.reshape(-1, 3, 3).to(system.dtype), primitive)
             system = torch.cat([system, invariants], dim=-1)
         return {key: head(system) for key, head in self.output_heads.items()}
 

@@ -10,6 +10,9 @@ from torch import Tensor
 LATTICE_FEATURES: Final = 15
 """Number of features :func:`lattice_invariants` gives per structure."""
 
+SYMMETRY_FEATURES: Final = 2 * LATTICE_FEATURES + 1
+"""Number of features :func:`symmetry_features` gives per structure."""
+
 _SWEEPS: Final = 8
 _TOLERANCE: Final = 0.01
 
@@ -105,3 +108,42 @@ def lattice_invariants(cell: Tensor) -> Tensor:
     right_angles = torch.exp(-((cosines / _TOLERANCE) ** 2))
     hexagonal_angles = torch.exp(-(((cosines - 0.5) / _TOLERANCE) ** 2))
     return torch.cat([lengths, cosines, equal_lengths, right_angles, hexagonal_angles], dim=-1)
+
+
+def symmetry_features(cell: Tensor, primitive_cell: Tensor | None = None) -> Tensor:
+    """Invariants of the cell and of its primitive cell, and the lattice points, ``[B, 31]``.
+
+    A conventional cell hides its centring: the rhombohedral and the hexagonal lattice share a
+    hexagonal cell, and only the primitive cell (with the atoms' centring translations, from
+    :class:`~matsci.transforms.PrimitiveCell`) tells them apart. The features are
+    :func:`lattice_invariants` of ``cell``, those of ``primitive_cell`` (``cell`` again when
+    ``None``), and the logarithm of the number of lattice points per cell (the volume ratio).
+
+    Parameters
+    ----------
+    cell
+        ``[B, 3, 3]`` lattice vectors as rows.
+    primitive_cell
+        ``[B, 3, 3]`` primitive lattice vectors as rows, or ``None``.
+
+    Returns
+    -------
+    Tensor
+        ``[B, 31]`` in the dtype of ``cell``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from matsci.tasks.core import symmetry_features
+    >>> cubic = 4.0 * torch.eye(3).unsqueeze(0)
+    >>> body_centred = torch.tensor([[[-2.0, 2.0, 2.0], [2.0, -2.0, 2.0], [2.0, 2.0, -2.0]]])
+    >>> features = symmetry_features(cubic, body_centred)
+    >>> features.shape, round(float(features[0, -1].exp()), 6)  # two lattice points per cell
+    (torch.Size([1, 31]), 2.0)
+    """
+    primitive = cell if primitive_cell is None else primitive_cell.reshape(-1, 3, 3).to(cell.dtype)
+    ratio = torch.linalg.det(cell.detach()).abs() / torch.linalg.det(primitive.detach()).abs()
+    return torch.cat(
+        [lattice_invariants(cell), lattice_invariants(primitive), ratio.log().unsqueeze(-1)],
+        dim=-1,
+    )
