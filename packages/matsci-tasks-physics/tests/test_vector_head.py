@@ -46,9 +46,7 @@ def test_invariant_encoders_get_an_equivariant_edge_readout(task_class: type, ke
 
 
 @pytest.mark.parametrize(("task_class", "key"), VECTOR_TASKS)
-def test_a_dense_head_is_refused_by_the_check_and_named_in_a_warning(
-    task_class: type, key: str
-) -> None:
+def test_a_dense_head_warns_and_fails_the_rotation_check(task_class: type, key: str) -> None:
     with pytest.warns(NotEquivariantWarning, match="cannot predict a vector"):
         task = _task(task_class, vector_head="dense")
     inputs = {"pos": "vector", "cell": "vector", "noisy_pos": "vector"}
