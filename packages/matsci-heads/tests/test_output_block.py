@@ -64,7 +64,10 @@ def test_lazy_residual_checks_sizes_at_first_forward() -> None:
         ({"output_dim": 0, "input_dim": 3}, "output_dim=0"),
         ({"output_dim": 3, "input_dim": -1}, "input_dim=-1"),
         ({"output_dim": 3, "input_dim": 3, "dropout": 1.0}, "dropout=1.0"),
-        ({"output_dim": 3, "input_dim": 3, "activation": "os.system"}, "allowed namespaces"),
+        (
+            {"output_dim": 3, "input_dim": 3, "activation": "os.system"},
+            r"does not name a subclass of torch\.nn",
+        ),
     ],
 )
 def test_bad_arguments(kwargs: dict[str, object], match: str) -> None:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import difflib
-import importlib
 import re
 from typing import Final, NoReturn
 
 from jsonargparse import ArgumentParser
 from lightning.pytorch.cli import LightningArgumentParser
 from typing_extensions import override
+
+from matsci.contract import import_class
 
 DEBUG_VARIABLE: Final = "MATSCI_DEBUG"
 """Environment variable that, set to ``1``, shows full tracebacks instead of short messages."""
@@ -105,9 +106,8 @@ def shorten(message: str) -> str:
 
 def _suggestion(path: str, option: str) -> str:
     """``"; did you mean 'lr'?"`` from the arguments the class at ``path`` accepts, or ``""``."""
-    module_name, _, name = path.rpartition(".")
     try:
-        cls = getattr(importlib.import_module(module_name), name)
+        cls = import_class(path, object, argument="class_path")
         parser = ArgumentParser(exit_on_error=False)
         parser.add_class_arguments(cls, fail_untyped=False)
     except Exception:  # a suggestion is a courtesy: never fail while building it

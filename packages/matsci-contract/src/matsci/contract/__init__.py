@@ -6,27 +6,56 @@ encoders, datasets and tasks agree here on what a batch holds (:mod:`matsci.cont
 :class:`Encoder`), what dataset statistics are (:class:`DatasetStatistics`) and how they are
 computed (:class:`StreamingMoments`, :class:`StreamingRMS`, :class:`ReferenceEnergyFit`), and how
 a dotted class name becomes a class (:func:`import_class` and its companions).
+
+Names are imported on first use (PEP 562), so a package that needs only the class resolver
+(:mod:`matsci.heads`) does not import PyTorch Geometric, which takes seconds.
 """
 
+from __future__ import annotations
+
+import importlib
 from importlib.metadata import version as _version
+from typing import TYPE_CHECKING, Any
 
 from matsci.contract import keys
-from matsci.contract._dataset_statistics import NUM_ELEMENTS, DatasetStatistics
-from matsci.contract._embeddings import Embeddings, Encoder
-from matsci.contract._reference_energies import ReferenceEnergyFit
-from matsci.contract._resolver import (
-    ClassConfig,
-    build_from_config,
-    class_path,
-    import_class,
-    instance_config,
-    module_config,
-    to_plain,
-)
-from matsci.contract._schema import STRUCTURE_SPECS, AttributeSpec, validate_batch
-from matsci.contract._streaming import StreamingMoments, StreamingRMS
+
+if TYPE_CHECKING:
+    from matsci.contract._dataset_statistics import NUM_ELEMENTS, DatasetStatistics
+    from matsci.contract._embeddings import Embeddings, Encoder
+    from matsci.contract._reference_energies import ReferenceEnergyFit
+    from matsci.contract._resolver import (
+        ClassConfig,
+        build_from_config,
+        class_path,
+        import_class,
+        instance_config,
+        module_config,
+        to_plain,
+    )
+    from matsci.contract._schema import STRUCTURE_SPECS, AttributeSpec, validate_batch
+    from matsci.contract._streaming import StreamingMoments, StreamingRMS
 
 __version__ = _version("matsci-contract")
+
+_MODULE_OF: dict[str, str] = {
+    "NUM_ELEMENTS": "_dataset_statistics",
+    "DatasetStatistics": "_dataset_statistics",
+    "Embeddings": "_embeddings",
+    "Encoder": "_embeddings",
+    "ReferenceEnergyFit": "_reference_energies",
+    "ClassConfig": "_resolver",
+    "build_from_config": "_resolver",
+    "class_path": "_resolver",
+    "import_class": "_resolver",
+    "instance_config": "_resolver",
+    "module_config": "_resolver",
+    "to_plain": "_resolver",
+    "STRUCTURE_SPECS": "_schema",
+    "AttributeSpec": "_schema",
+    "validate_batch": "_schema",
+    "StreamingMoments": "_streaming",
+    "StreamingRMS": "_streaming",
+}
 
 __all__ = [
     "NUM_ELEMENTS",
@@ -49,3 +78,17 @@ __all__ = [
     "to_plain",
     "validate_batch",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name from its module on first use."""
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module 'matsci.contract' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"matsci.contract.{module}"), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

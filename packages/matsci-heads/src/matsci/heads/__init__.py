@@ -3,7 +3,8 @@
 Dense blocks (:class:`OutputBlock`), equivariant blocks on e3nn irreps (:class:`IrrepOutputBlock`,
 needs the ``[e3nn]`` extra), :class:`OutputHead`, the stack that maps an embedding to
 predictions, and :class:`EdgeVectorReadout`, rotation-equivariant vectors per atom (forces,
-displacements) from invariant atom embeddings and edge vectors. Depends on torch only.
+displacements) from invariant atom embeddings and edge vectors. Depends on torch and the
+class resolver of :mod:`matsci.contract`.
 """
 
 from importlib.metadata import version as _version
@@ -12,12 +13,7 @@ from matsci.heads._edge_vector_readout import EdgeVectorReadout
 from matsci.heads._irrep_output_block import IrrepOutputBlock
 from matsci.heads._output_block import OutputBlock
 from matsci.heads._output_head import BLOCK_TYPES, OutputHead
-from matsci.heads._resolve import (
-    ModuleSpec,
-    allowed_namespaces,
-    register_namespace,
-    resolve_module_class,
-)
+from matsci.heads._resolve import ModuleSpec, resolve_module_class
 
 __version__ = _version("matsci-heads")
 
@@ -29,7 +25,5 @@ __all__ = [
     "OutputBlock",
     "OutputHead",
     "__version__",
-    "allowed_namespaces",
-    "register_namespace",
     "resolve_module_class",
 ]

@@ -7,6 +7,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from matsci.contract import import_class
 from matsci.heads._irrep_output_block import IrrepOutputBlock
 from matsci.heads._output_block import OutputBlock
 from matsci.heads._resolve import ModuleSpec
@@ -20,12 +21,16 @@ BLOCK_TYPES: dict[str, type[nn.Module]] = {
 
 def _resolve_block_type(block_type: type[nn.Module] | str) -> type[nn.Module]:
     if isinstance(block_type, str):
-        if block_type not in BLOCK_TYPES:
-            raise ValueError(
-                f"OutputHead(block_type={block_type!r}): unknown block type; "
-                f"expected one of {sorted(BLOCK_TYPES)} or a block class"
+        # Bare names are the shipped blocks; dotted paths name a user's block class.
+        try:
+            return import_class(
+                block_type, nn.Module, argument="OutputHead", default_module="matsci.heads"
             )
-        return BLOCK_TYPES[block_type]
+        except ValueError as error:
+            raise ValueError(
+                f"OutputHead(block_type={block_type!r}): unknown block type; expected one of "
+                f"{sorted(BLOCK_TYPES)}, the dotted path of a block class, or a block class"
+            ) from error
     if isinstance(block_type, type) and issubclass(block_type, nn.Module):
         return block_type
     raise TypeError(
