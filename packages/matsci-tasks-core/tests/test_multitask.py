@@ -315,3 +315,33 @@ def test_bad_task_lists_are_refused() -> None:
         module.training_step({"other": batches({"other": 2})["other"]}, 0)
     with pytest.raises(KeyError, match="tasks are"):
         module.task("bulk/Missing")
+
+
+def test_state_dict_holds_the_shared_encoder_once_and_reloads_strictly(tmp_path: Path) -> None:
+    module = two_dataset_module()
+    encoder_keys = set(module.encoder.state_dict())
+    state = module.state_dict()
+    assert {key for key in state if ".encoder." in key or key.startswith("encoder.")} == {
+        f"encoder.{key}" for key in encoder_keys
+    }
+    # Three tasks, each with the encoder as a submodule: without the hooks, four copies.
+    assert sum(".encoder." in key for key in module.state_dict(keep_vars=True)) == 0
+    # Each task alone still sees its encoder (task.to(), extract_task, its own state_dict).
+    for name in module.task_names:
+        assert set(module.task(name).state_dict()) >= {f"encoder.{key}" for key in encoder_keys}
+
+    other = two_dataset_module()
+    with torch.no_grad():
+        for parameter in module.parameters():
+            parameter.add_(torch.randn_like(parameter))
+    assert other.load_state_dict(module.state_dict(), strict=True) is not None
+    for name in module.task_names:
+        assert other.task(name).encoder is other.encoder
+    test = batches({"bulk": 5, "symmetry": 4}, seed=3)
+    module.eval()
+    other.eval()
+    expected, got = module.predict(test), other.predict(test)
+    for dataset, tasks in expected.items():
+        for name, outputs in tasks.items():
+            for key, value in outputs.items():
+                assert torch.equal(value, got[dataset][name][key]), (dataset, name, key)

@@ -16,6 +16,7 @@ from matsci.tasks.core._base_task import BaseTaskModule
 from matsci.tasks.core._engine import TaskEngine, TaskEntry
 from matsci.tasks.core._loss_weights import LossWeightSchedule
 from matsci.tasks.core._optim import check_scheduler_kwargs, optimizer_path
+from matsci.tasks.core._shared_encoder_state import store_shared_encoder_once
 from matsci.tasks.core._task_config import build_encoder
 
 _ENCODER_ARGUMENTS = ("encoder", "encoder_class", "encoder_kwargs")
@@ -141,6 +142,7 @@ class MultiTaskLitModule(TaskEngine):
             entry = self._add_task(dataset, task, name)
             task_entries.append(entry)
             configs.append(_task_config(dataset, entry.name.split("/", 1)[1], task))
+        store_shared_encoder_once(self, [f"tasks.{name}" for name in self.tasks])
         names = [entry.name for entry in task_entries]
         schedules = {
             task_id: _schedule(value, f"{_NAME}(loss_weight_schedules[{task_id!r}])")
