@@ -32,8 +32,9 @@ def store_shared_encoder_once(module: nn.Module, task_paths: Sequence[str]) -> N
         each has the shared encoder as its ``encoder``.
     """
     copies = tuple(f"{path}.encoder." for path in task_paths)
-    module.register_state_dict_post_hook(_DropCopies(copies))
-    module.register_load_state_dict_pre_hook(_RestoreCopies(copies))
+    # Both registration methods are public but untyped in PyTorch.
+    module.register_state_dict_post_hook(_DropCopies(copies))  # type: ignore[no-untyped-call]
+    module.register_load_state_dict_pre_hook(_RestoreCopies(copies))  # type: ignore[no-untyped-call]
 
 
 # Hooks are callable objects, not closures, so that the module still pickles (and PyTorch can
