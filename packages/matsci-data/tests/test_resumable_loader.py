@@ -9,6 +9,7 @@ from torch.utils.data.distributed import DistributedSampler
 from torch_geometric.data import Batch, Data
 
 from matsci.data import ResumableDataLoader, SeededRandomSampler
+from matsci.data._budget_sampler import BudgetBatchSampler
 
 
 def _structures(count: int) -> list[Data]:
@@ -211,3 +212,63 @@ def test_lightning_resumes_mid_epoch_with_the_remaining_batches(tmp_path: Path) 
     assert len(full.seen) == 12  # 6 batches in each of 2 epochs
     assert first.seen == full.seen[:8]
     assert rest.seen == full.seen[8:]
+
+
+# -- with a batch sampler by atom budget ---------------------------------------------------------
+
+_SIZES = [4, 30, 4, 4, 25, 4, 12, 4, 4, 30, 8, 4, 4, 20, 4]
+
+
+def _sized_structures() -> list[Data]:
+    return [
+        Data(pos=torch.zeros(size, 3), number=torch.tensor([i])) for i, size in enumerate(_SIZES)
+    ]
+
+
+def _budget_loader(**kwargs: Any) -> ResumableDataLoader:
+    sampler = BudgetBatchSampler(_SIZES, max_atoms=40, seed=6)
+    return ResumableDataLoader(_sized_structures(), batch_sampler=sampler, **kwargs)
+
+
+def test_resume_mid_epoch_with_a_budget_batch_sampler() -> None:
+    loader = _budget_loader()
+    assert isinstance(loader.sampler, DistributedSampler)  # Lightning keeps it under DDP
+    loader.sampler.set_epoch(2)  # as Lightning does: reaches the batch sampler
+    assert loader.batch_sampler.epoch == 2
+    full = _order(loader)
+    assert full == loader.batch_sampler.epoch_batches()
+    assert max(sum(_SIZES[i] for i in batch) for batch in full) <= 40
+    iterator = iter(loader)
+    for _ in range(3):
+        next(iterator)
+    assert loader.state_dict() == {"epoch": 2, "batches": 3}  # the epoch of the batch sampler
+    resumed = _budget_loader()
+    resumed.load_state_dict(loader.state_dict())
+    assert resumed.batch_sampler.epoch == 2
+    assert _order(resumed) == full[3:]
+    assert _order(resumed) == full
+
+
+def test_lightning_resumes_a_budget_epoch_with_the_remaining_batches(tmp_path: Path) -> None:
+    def run(module: _Recorder, **kwargs: Any) -> Trainer:
+        return Trainer(accelerator="cpu", max_epochs=2, logger=False, enable_checkpointing=False,
+                       enable_progress_bar=False, enable_model_summary=False,
+                       default_root_dir=tmp_path, **kwargs)  # fmt: skip
+
+    full = _Recorder()
+    run(full).fit(full, _budget_loader())
+    reference = _budget_loader().batch_sampler
+    per_epoch = len(reference)
+    expected = []
+    for epoch in (0, 1):
+        reference.set_epoch(epoch)
+        expected += reference.epoch_batches()
+    assert full.seen == expected  # Lightning set the epoch on the batch sampler
+    first = _Recorder()
+    path = tmp_path / "interrupted.ckpt"
+    with pytest.raises(RuntimeError, match="interrupted"):
+        run(first, callbacks=[_Interrupt(path, step=per_epoch + 2)]).fit(first, _budget_loader())
+    rest = _Recorder()
+    run(rest).fit(rest, _budget_loader(), ckpt_path=path)
+    assert first.seen == full.seen[: per_epoch + 2]
+    assert rest.seen == full.seen[per_epoch + 2 :]

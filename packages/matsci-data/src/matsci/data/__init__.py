@@ -2,10 +2,12 @@
 
 from importlib.metadata import version as _version
 
+from matsci.data._budget_sampler import BudgetBatchSampler, edge_counts
 from matsci.data._convert import atoms_to_data, data_to_atoms
 from matsci.data._datamodule import AtomsDataModule
 from matsci.data._datasets import AseDbDataset, ExtxyzDataset
 from matsci.data._distributed_sampler import UnpaddedDistributedSampler
+from matsci.data._mixture import DatasetMixture, MixtureSampler
 from matsci.data._multi_datamodule import MultiDataModule
 from matsci.data._resumable_loader import ResumableDataLoader, SeededRandomSampler
 from matsci.data._statistics import DatasetStatistics, compute_statistics, fit_reference_energies
@@ -15,8 +17,11 @@ __version__ = _version("matsci-data")
 __all__: list[str] = [
     "AseDbDataset",
     "AtomsDataModule",
+    "BudgetBatchSampler",
+    "DatasetMixture",
     "DatasetStatistics",
     "ExtxyzDataset",
+    "MixtureSampler",
     "MultiDataModule",
     "ResumableDataLoader",
     "SeededRandomSampler",
@@ -25,5 +30,6 @@ __all__: list[str] = [
     "atoms_to_data",
     "compute_statistics",
     "data_to_atoms",
+    "edge_counts",
     "fit_reference_energies",
 ]

@@ -77,10 +77,17 @@ class ResumableDataLoader(DataLoader):  # type: ignore[misc]  # PyG ships no typ
     so nothing here draws from the global random state.
 
     Exact continuation needs a deterministic order for the epoch (this sampler, Lightning's
-    ``DistributedSampler``, or no shuffling) and a sized dataset. Random transforms that run in
-    worker processes (``num_workers > 0``) draw new numbers after a resume. The resumed pass
-    starts worker processes of its own, even with ``persistent_workers``; later passes use the
-    loader's.
+    ``DistributedSampler``, a :class:`~matsci.data.BudgetBatchSampler` given as
+    ``batch_sampler``, or no shuffling) and a sized dataset. The epoch is read from the batch
+    sampler when it has one (``batch_sampler.epoch``), else from the sampler. Random
+    transforms that run in worker processes (``num_workers > 0``) draw new numbers after a
+    resume. The resumed pass starts worker processes of its own, even with
+    ``persistent_workers``; later passes use the loader's.
+
+    Batches by atom budget: give ``batch_sampler=BudgetBatchSampler(...)``. The loader's
+    :attr:`sampler` is then the batch sampler's own, a ``DistributedSampler`` of this rank's
+    structures, so under DDP Lightning uses the loader as given with the default
+    ``Trainer(use_distributed_sampler=True)``, and its ``set_epoch`` reaches the batch sampler.
 
     Parameters
     ----------
@@ -206,8 +213,27 @@ class ResumableDataLoader(DataLoader):  # type: ignore[misc]  # PyG ships no typ
             self._served += 1
             yield batch
 
+    @property
+    def sampler(self) -> Any:
+        """The sampler: the batch sampler's own ``sampler`` when it has one.
+
+        For ``DataLoader``'s own batching this is the sampler given (or the default one).
+        A custom batch sampler that exposes a ``sampler`` (as
+        :class:`~matsci.data.BudgetBatchSampler` does, a ``DistributedSampler`` of this rank's
+        structures) is represented by it; so Lightning sees a distributed loader and uses it
+        as given under DDP, and calls ``set_epoch`` on it once per epoch.
+        """
+        inner = getattr(self.batch_sampler, "sampler", None)
+        return inner if isinstance(inner, Sampler) else self._given_sampler
+
+    @sampler.setter
+    def sampler(self, value: Any) -> None:
+        # Set once, by DataLoader.__init__ (which forbids setting it later).
+        self._given_sampler = value
+
     def _epoch(self) -> int:
-        return int(getattr(self.sampler, "epoch", 0))
+        owner = self.batch_sampler if hasattr(self.batch_sampler, "epoch") else self.sampler
+        return int(getattr(owner, "epoch", 0))
 
     def _resumed_pass(self, skip: int) -> TorchDataLoader[Any]:
         """A one-pass loader with this loader's settings that leaves out the first batches.
