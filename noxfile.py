@@ -19,7 +19,7 @@ nox.options.sessions = [
 PYTHON = "3.11"
 ROOT = Path(__file__).parent
 PACKAGES = sorted(path.name for path in (ROOT / "packages").iterdir() if path.is_dir())
-EXTRAS = {"matsci-heads": ["e3nn"]}
+EXTRAS = {"matsci-heads": ["e3nn"], "matsci-data": ["aselmdb"]}
 IMPORT_PATHS = {
     "matsci-ase": "matsci.ase",
     "matsci-cli": "matsci.cli",

@@ -54,6 +54,39 @@ def test_extxyz_to_csv_and_db(fitted: Path, extxyz: Path, tmp_path: Path) -> Non
     assert "predicted_energy" in rows[0].key_value_pairs
 
 
+def test_folder_of_shards_predicts_each_structure_once_naming_its_shard(
+    fitted: Path, extxyz: Path, tmp_path: Path
+) -> None:
+    checkpoint = fitted / "checkpoints" / "best.ckpt"
+    frames = ase.io.read(extxyz, index=":")
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    ase.io.write(folder / "a.extxyz", frames[:2], format="extxyz")
+    ase.db.connect(folder / "b.json").write(frames[2])  # shards of different formats
+    assert predict_to_file(checkpoint, folder, tmp_path / "shards.csv") == 3
+    assert predict_to_file(checkpoint, extxyz, tmp_path / "whole.csv") == 5
+    with (tmp_path / "shards.csv").open() as file:
+        sharded = list(csv.DictReader(file))
+    with (tmp_path / "whole.csv").open() as file:
+        whole = list(csv.DictReader(file))
+    assert [(row["source"], row["structure_id"]) for row in sharded] == [
+        ("a.extxyz", "0"), ("a.extxyz", "1"), ("b.json", "1")
+    ]  # fmt: skip
+    for got, expected in zip(sharded, whole[:3], strict=True):
+        assert got["formula"] == expected["formula"]
+        assert float(got["energy"]) == pytest.approx(float(expected["energy"]), rel=1e-6)
+
+    assert predict_to_file(checkpoint, folder, tmp_path / "shards.db") == 3
+    with ase.db.connect(tmp_path / "shards.db") as database:
+        rows = list(database.select())
+    assert [(row.source, row.source_row) for row in rows] == [
+        ("a.extxyz", 0), ("a.extxyz", 1), ("b.json", 1)
+    ]  # fmt: skip
+    for row, atoms in zip(rows, frames[:3], strict=True):
+        assert np.allclose(row.positions, atoms.positions)
+        assert row.data["predicted_force"].shape == (len(atoms), 3)
+
+
 def test_db_output_is_a_copy_and_leaves_the_input_alone(fitted: Path, tmp_path: Path) -> None:
     source = tmp_path / "input.db"
     source.write_bytes(bundled_dataset_path("emt").read_bytes())
@@ -94,7 +127,10 @@ def test_errors(fitted: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
         predict_to_file(foreign, bundled_dataset_path("emt"), tmp_path / "p.csv")
     with pytest.raises(ConfigError, match=r"expected a \.csv or \.db"):
         predict_to_file(checkpoint, bundled_dataset_path("emt"), tmp_path / "p.txt")
-    with pytest.raises(ConfigError, match="expected an ASE database"):
+    with pytest.raises(ConfigError, match=r"structures\.cif' does not exist"):
+        predict_to_file(checkpoint, tmp_path / "structures.cif", tmp_path / "p.csv")
+    (tmp_path / "structures.cif").write_text("data_x\n")
+    with pytest.raises(ConfigError, match=r"unknown suffix '\.cif'; expected an ASE database"):
         predict_to_file(checkpoint, tmp_path / "structures.cif", tmp_path / "p.csv")
 
 

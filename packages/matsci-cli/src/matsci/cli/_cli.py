@@ -131,7 +131,11 @@ class MatsciCLI(LightningCLI):
       :func:`~matsci.training.baseline_metrics`), parity plots and a learning curve (``plots``)
       in the run folder;
     - strings ``"bundled:emt"`` and ``"bundled:spacegroup"`` stand for the example databases
-      shipped with ``matsci-data``.
+      shipped with ``matsci-data``, ``"bundled:emt-train"``, ``"bundled:emt-val"`` and
+      ``"bundled:emt-test"`` for the EMT data as three extxyz files (in lists and mappings
+      too);
+    - without test data (a data module whose ``has_test_data`` is false: no ``test`` source),
+      ``fit`` skips the test after training and says so.
 
     Errors in the config end in one short message (see :func:`main`).
 
@@ -275,7 +279,10 @@ class MatsciCLI(LightningCLI):
         if self.trainer.state.status == TrainerStatus.INTERRUPTED:
             return
         self._report_throughput()
-        if config.test_after_fit:
+        testable = getattr(self.datamodule, "has_test_data", True)
+        if config.test_after_fit and not testable:
+            print("matsci: no test data (give data.init_args.test), so no test after fit")
+        if config.test_after_fit and testable:
             checkpoint = self.trainer.checkpoint_callback
             best = getattr(checkpoint, "best_model_path", "") if checkpoint else ""
             results = self.trainer.test(

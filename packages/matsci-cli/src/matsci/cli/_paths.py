@@ -9,19 +9,25 @@ from typing import Any, Final
 from jsonargparse import Namespace
 
 from matsci.cli._errors import ConfigError
-from matsci.data.examples import BUNDLED_NAMES, bundled_dataset_path
+from matsci.data.examples import BUNDLED_NAMES, BUNDLED_SPLIT_NAMES, bundled_dataset_path
 
 BUNDLED_PREFIX: Final = "bundled:"
-"""A config string ``"bundled:emt"`` stands for the path of that bundled example database."""
+"""A config string ``"bundled:emt"`` stands for the path of that bundled example dataset."""
+
+_BUNDLED: Final = (*BUNDLED_NAMES, *BUNDLED_SPLIT_NAMES)
 
 _VERSION: Final = re.compile(r"version_(\d+)")
 
 
 def resolve_bundled(value: Any) -> Any:
-    """Replace every ``"bundled:<name>"`` string in a config by the bundled database's path.
+    """Replace every ``"bundled:<name>"`` string in a config by the bundled dataset's path.
 
     The configs in ``examples/`` name the data that ships with ``matsci-data`` this way, so
     they run from any folder and on any installation; the saved config keeps the short form.
+    The names are the databases ``emt`` and ``spacegroup`` and the EMT data as three extxyz
+    files, ``emt-train``, ``emt-val`` and ``emt-test``
+    (:func:`~matsci.data.examples.bundled_dataset_path`); strings inside lists and mappings
+    are replaced too (``train: [bundled:emt-train, more.extxyz]``).
 
     Parameters
     ----------
@@ -42,13 +48,15 @@ def resolve_bundled(value: Any) -> Any:
     --------
     >>> resolve_bundled({"dataset": "bundled:emt", "seed": 0})["dataset"].endswith("emt.db")
     True
+    >>> [Path(path).name for path in resolve_bundled({"train": ["bundled:emt-train"]})["train"]]
+    ['emt-train.extxyz']
     """
     if isinstance(value, str) and value.startswith(BUNDLED_PREFIX):
         name = value.removeprefix(BUNDLED_PREFIX)
-        if name not in BUNDLED_NAMES:
+        if name not in _BUNDLED:
             raise ConfigError(
                 f"{value!r}: no bundled dataset {name!r}; bundled datasets are "
-                f"{[BUNDLED_PREFIX + known for known in BUNDLED_NAMES]}"
+                f"{[BUNDLED_PREFIX + known for known in _BUNDLED]}"
             )
         return str(bundled_dataset_path(name))
     if isinstance(value, Namespace):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -22,9 +22,10 @@ from torch_geometric.loader import DataLoader
 from torch_geometric.transforms import BaseTransform, Compose
 
 from matsci.cli._errors import ConfigError, ShortErrorParser
+from matsci.cli._paths import resolve_bundled
 from matsci.cli._run_info import CHECKPOINT_KEY
 from matsci.contract import keys
-from matsci.data import AseDbDataset, ExtxyzDataset
+from matsci.data import AtomsDataset, ShardedDataset, data_to_atoms, open_dataset
 from matsci.tasks.core import BaseTaskModule, MultiTaskLitModule
 from matsci.training import LoadedModel, load_model
 
@@ -32,7 +33,8 @@ _DB_SUFFIXES: Final = (".db",)
 _XYZ_SUFFIXES: Final = (".xyz", ".extxyz")
 _CSV_SUFFIXES: Final = (".csv",)
 _VOIGT: Final = {"xx": (0, 0), "yy": (1, 1), "zz": (2, 2), "yz": (1, 2), "xz": (0, 2), "xy": (0, 1)}
-_IDENTIFIERS: Final = ("structure_id", "formula", "natoms")
+_SOURCE: Final = "source"
+_IDENTIFIERS: Final = (_SOURCE, "structure_id", "formula", "natoms")
 _PER_ATOM: Final = "_per_atom"
 
 
@@ -48,19 +50,27 @@ def predict_parser() -> ArgumentParser:
         prog="matsci predict",
         description=(
             "Predict with a checkpoint written by `matsci fit` for every structure of an ASE "
-            "database or extxyz file. A .csv output has one row per structure: structure_id "
-            "(database row id or frame index), formula, natoms and the predictions per "
-            "structure (energy in eV; stress in eV/Å³ as stress_xx, stress_yy, stress_zz, "
-            "stress_yz, stress_xz, stress_xy; class labels "
-            "and probabilities); per-atom predictions (forces) are summarized by their largest "
-            "norm (force_max_norm). A .db output is a copy of the input database (or a new "
-            "database of the extxyz frames) with predicted_<key> key-value pairs for numbers "
-            "and predicted_<key> arrays in each row's data (forces per atom). The input file is "
-            "never modified."
+            "database (.db, .json, .aselmdb), an extxyz file, or a folder of them (shards). A "
+            ".csv output has one row per structure: source (the shard, for a folder), "
+            "structure_id (database row id or frame index), formula, natoms and the "
+            "predictions per structure (energy in eV; stress in eV/Å³ as stress_xx, stress_yy, "
+            "stress_zz, stress_yz, stress_xz, stress_xy; class labels and probabilities); "
+            "per-atom predictions (forces) are summarized by their largest norm "
+            "(force_max_norm). A .db output is a copy of an input SQLite database (or a new "
+            "database of the other inputs' structures) with predicted_<key> key-value pairs "
+            "for numbers and predicted_<key> arrays in each row's data (forces per atom). The "
+            "input is never modified."
         ),
     )
     parser.add_argument("--ckpt_path", type=str, required=True, help="Checkpoint of `matsci fit`.")
-    parser.add_argument("--data", type=str, required=True, help="Database or extxyz file.")
+    parser.add_argument(
+        "--data",
+        type=str,
+        required=True,
+        help=(
+            "Database, extxyz file or folder of shards (or a bundled file, e.g. bundled:emt-test)."
+        ),
+    )
     parser.add_argument(
         "--output",
         type=str | None,
@@ -94,9 +104,10 @@ def predict_main(args: Sequence[str]) -> None:
         overwrite the input.
     """
     config = predict_parser().parse_args(list(args))
-    output = config.output or f"{Path(config.data).stem}_predictions.csv"
+    data = str(resolve_bundled(config.data))  # "bundled:emt-test" names a bundled file
+    output = config.output or f"{Path(data).stem}_predictions.csv"
     count = predict_to_file(
-        config.ckpt_path, config.data, output, dataset=config.dataset,
+        config.ckpt_path, data, output, dataset=config.dataset,
         batch_size=config.batch_size, device=config.device,
     )  # fmt: skip
     print(f"matsci: {count} predictions written to {output}")
@@ -262,25 +273,26 @@ def _transform(spec: Any) -> BaseTransform | None:
     return transform
 
 
-def _dataset(path: Path, transform: BaseTransform | None) -> AseDbDataset | ExtxyzDataset:
-    if path.suffix in _DB_SUFFIXES:
-        return AseDbDataset(path, keys=[], transform=transform)
-    if path.suffix in _XYZ_SUFFIXES:
-        return ExtxyzDataset(path, keys=[], transform=transform)
-    raise ConfigError(
-        f"predict --data {str(path)!r}: expected an ASE database {list(_DB_SUFFIXES)} or an "
-        f"extxyz file {list(_XYZ_SUFFIXES)}"
-    )
+def _dataset(path: Path, transform: BaseTransform | None) -> AtomsDataset:
+    """Any source the data module reads: a file, a database URL or a folder of shards."""
+    try:
+        return open_dataset(path, keys=[], transform=transform)
+    except (FileNotFoundError, ValueError) as error:
+        raise ConfigError(f"predict --data {str(path)!r}: {error}") from error
 
 
 def _predict_rows(
     predict: Callable[[Batch], dict[str, Tensor]],
     levels: dict[str, str],
-    dataset: AseDbDataset | ExtxyzDataset,
+    dataset: AtomsDataset,
     batch_size: int,
     device: torch.device,
 ) -> Iterator[dict[str, Any]]:
-    """One dict per structure: id, formula, natoms, and predictions as NumPy arrays."""
+    """One dict per structure: id, formula, natoms, and predictions as NumPy arrays.
+
+    Rows of a folder of shards also name their shard (``source``): row ids repeat across shards.
+    """
+    position = 0
     for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
         batch = batch.to(device)
         outputs = predict(batch)
@@ -293,6 +305,9 @@ def _predict_rows(
                 "formula": _formula(numbers[offsets[i] : offsets[i + 1]]),
                 "natoms": natoms[i],
             }
+            if isinstance(dataset, ShardedDataset):
+                row[_SOURCE] = Path(dataset.paths[dataset.locate(position)[0]]).name
+            position += 1
             per_atom: set[str] = set()
             for key, value in outputs.items():
                 if levels.get(key) == "node" or (
@@ -328,7 +343,7 @@ def _csv_columns(key: str, value: np.ndarray[Any, Any], per_atom: bool) -> dict[
 def _write_csv(rows: list[dict[str, Any]], output: Path) -> None:
     table: list[dict[str, Any]] = []
     for row in rows:
-        line = {name: row[name] for name in _IDENTIFIERS}
+        line: dict[str, Any] = {name: row[name] for name in _IDENTIFIERS if name in row}
         for key, value in row.items():
             if key not in _IDENTIFIERS and key != _PER_ATOM:
                 line.update(_csv_columns(key, value, key in row[_PER_ATOM]))
@@ -345,18 +360,29 @@ def _write_db(rows: list[dict[str, Any]], data: Path, output: Path) -> None:
     output.parent.mkdir(parents=True, exist_ok=True)
     if output.exists():
         output.unlink()
-    if data.suffix in _DB_SUFFIXES:
+    if data.suffix in _DB_SUFFIXES:  # an SQLite file: a copy with the predictions added
         shutil.copyfile(data, output)
         with ase.db.connect(output, type="db") as database:
             for row in rows:
                 numbers, arrays = _db_values(row)
                 database.update(row["structure_id"], data=arrays or None, **numbers)
         return
+    if data.suffix in _XYZ_SUFFIXES:
+        frames: Iterable[Atoms] = ase.io.iread(data, index=":", format="extxyz")
+    else:  # shards or another database: the structures as the dataset reads them
+        source = open_dataset(data, keys=None)
+        frames = (data_to_atoms(source[position]) for position in range(len(source)))
     with ase.db.connect(output, type="db") as database:
-        frames = ase.io.iread(data, index=":", format="extxyz")
         for row, atoms in zip(rows, frames, strict=True):
             numbers, arrays = _db_values(row)
-            database.write(atoms, data=arrays, frame=row["structure_id"], **numbers)
+            origin: dict[str, Any] = (
+                {"frame": row["structure_id"]}
+                if data.suffix in _XYZ_SUFFIXES
+                else {"source_row": row["structure_id"]}
+            )
+            if _SOURCE in row:
+                origin[_SOURCE] = row[_SOURCE]
+            database.write(atoms, data=arrays, **origin, **numbers)
 
 
 def _db_values(row: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -10,6 +10,7 @@ from matsci.data._distributed_sampler import UnpaddedDistributedSampler
 from matsci.data._mixture import DatasetMixture, MixtureSampler
 from matsci.data._multi_datamodule import MultiDataModule
 from matsci.data._resumable_loader import ResumableDataLoader, SeededRandomSampler
+from matsci.data._sources import AtomsDataset, ShardedDataset, open_dataset
 from matsci.data._statistics import DatasetStatistics, compute_statistics, fit_reference_energies
 
 __version__ = _version("matsci-data")
@@ -17,6 +18,7 @@ __version__ = _version("matsci-data")
 __all__: list[str] = [
     "AseDbDataset",
     "AtomsDataModule",
+    "AtomsDataset",
     "BudgetBatchSampler",
     "DatasetMixture",
     "DatasetStatistics",
@@ -25,6 +27,7 @@ __all__: list[str] = [
     "MultiDataModule",
     "ResumableDataLoader",
     "SeededRandomSampler",
+    "ShardedDataset",
     "UnpaddedDistributedSampler",
     "__version__",
     "atoms_to_data",
@@ -32,4 +35,5 @@ __all__: list[str] = [
     "data_to_atoms",
     "edge_counts",
     "fit_reference_energies",
+    "open_dataset",
 ]

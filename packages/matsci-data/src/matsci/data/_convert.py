@@ -92,7 +92,33 @@ def _calculator_results(atoms: Atoms) -> dict[str, Any]:
     return {name: value for name, value in results.items() if value is not None}
 
 
-def _targets(atoms: Atoms, where: str) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+def _mapped(
+    atoms: Atoms, results: Mapping[str, Any], key_map: Mapping[str, str], where: str
+) -> list[tuple[str, str, Any, bool]]:
+    """Find each stored name of ``key_map``: (target, stored name, value, per atom)."""
+    found: list[tuple[str, str, Any, bool]] = []
+    for target, stored in key_map.items():
+        ase_name = _KEY_TO_ASE.get(stored, stored)
+        if stored in results or ase_name in results:
+            name = stored if stored in results else ase_name
+            found.append((target, name, results[name], name in _PER_ATOM_RESULTS))
+        elif stored in atoms.info:
+            found.append((target, stored, atoms.info[stored], False))
+        elif stored in atoms.arrays and stored not in _STRUCTURE_ARRAYS:
+            found.append((target, stored, atoms.arrays[stored], True))
+        else:
+            arrays = sorted(set(atoms.arrays) - _STRUCTURE_ARRAYS)
+            raise ValueError(
+                f"atoms_to_data: {where} has no stored name {stored!r} (key_map[{target!r}]); "
+                f"available: calculator results {sorted(results)}, info/key-value pairs/data "
+                f"{sorted(atoms.info)}, per-atom arrays {arrays}"
+            )
+    return found
+
+
+def _targets(
+    atoms: Atoms, where: str, key_map: Mapping[str, str] | None = None
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     """Every numeric target of ``atoms``: (graph-level, node-level), keyed by batch key."""
     n = len(atoms)
     graph: dict[str, Tensor] = {}
@@ -128,23 +154,42 @@ def _targets(atoms: Atoms, where: str) -> tuple[dict[str, Tensor], dict[str, Ten
         if tensor is not None:
             graph[key] = tensor.unsqueeze(0) if tensor.dim() > 0 else tensor.reshape(1)
 
-    # The calculator's results come first: they win over `info` and `arrays` of the same name.
-    for name, value in _calculator_results(atoms).items():
-        key = _ASE_TO_KEY.get(name, name)
-        if name in _PER_ATOM_RESULTS:
-            add_node(key, value, f"calculator result {name!r}")
+    results = _calculator_results(atoms)
+    # Names mapped by `key_map` come first, under their target name; the stored name is not
+    # a target of its own. Then the calculator's results: they win over `info` and `arrays`.
+    renamed: set[str] = set()
+    for target, stored, value, per_atom in _mapped(atoms, results, key_map or {}, where):
+        renamed.add(stored)
+        if per_atom:
+            add_node(target, value, f"{stored!r} (key_map[{target!r}])")
         else:
-            add_graph(key, value)
+            add_graph(target, value)
+        if target not in graph and target not in node:
+            raise ValueError(
+                f"atoms_to_data: {where} has a non-numeric {stored!r} (key_map[{target!r}])"
+            )
+    for name, value in results.items():
+        if name not in renamed:
+            key = _ASE_TO_KEY.get(name, name)
+            if name in _PER_ATOM_RESULTS:
+                add_node(key, value, f"calculator result {name!r}")
+            else:
+                add_graph(key, value)
     for name, value in atoms.arrays.items():
-        if name not in _STRUCTURE_ARRAYS:
+        if name not in _STRUCTURE_ARRAYS and name not in renamed:
             add_node(_ASE_TO_KEY.get(name, name), value, f"array {name!r}")
     for name, value in atoms.info.items():
-        add_graph(_ASE_TO_KEY.get(name, name), value)
+        if name not in renamed:
+            add_graph(_ASE_TO_KEY.get(name, name), value)
     return graph, node
 
 
 def atoms_to_data(
-    atoms: Atoms, *, keys: Sequence[str] | None = None, index: int | None = None
+    atoms: Atoms,
+    *,
+    keys: Sequence[str] | None = None,
+    index: int | None = None,
+    key_map: Mapping[str, str] | None = None,
 ) -> Data:
     r"""Convert one ASE structure into a ``Data`` of the data contract.
 
@@ -166,6 +211,13 @@ def atoms_to_data(
     index : int, optional
         Where the structure came from (database row id, frame index), stored as
         ``structure_id`` [1] and named in error messages.
+    key_map : mapping of str to str, optional
+        Targets stored under other names, ``{target: stored name}``, e.g.
+        ``{"energy": "total_energy"}``. The stored name is looked up in the calculator
+        results, then ``atoms.info`` (which holds an ASE database row's key-value pairs and
+        ``data``), then ``atoms.arrays``; its value becomes the target (with the target's
+        conversions: a stress becomes [1, 3, 3]) and wins over a target of the same name
+        stored elsewhere. The stored name is then no target of its own.
 
     Returns
     -------
@@ -182,7 +234,8 @@ def atoms_to_data(
         If the structure has no atoms, atomic numbers outside 1 to 118, positions that are not
         finite or beyond :data:`~matsci.contract.keys.MAX_ABS_POSITION` (1e5 Å), a cell that
         is not finite, forces that do not match the number of atoms, a stress of the wrong
-        shape, an energy that is not one number, or a requested key is missing or not numeric.
+        shape, an energy that is not one number, a requested key is missing or not numeric,
+        or a stored name of ``key_map`` is absent (the message lists the names there are).
         NaN targets are kept: tasks treat them as missing.
 
     Examples
@@ -197,6 +250,9 @@ def atoms_to_data(
     (torch.Size([4, 3]), torch.Size([1, 3, 3]), torch.Size([1, 3, 3]), torch.Size([4, 3]))
     >>> data.structure_id
     tensor([7])
+    >>> atoms.info["ref_energy"] = -1.5
+    >>> atoms_to_data(atoms, keys=["energy"], key_map={"energy": "ref_energy"}).energy
+    tensor([-1.5000])
     """
     numbers = np.asarray(atoms.numbers)
     unknown = numbers[(numbers < 1) | (numbers > K.MAX_ATOMIC_NUMBER)]
@@ -233,7 +289,7 @@ def atoms_to_data(
     if index is not None:
         data[K.STRUCTURE_ID] = torch.tensor([index], dtype=torch.long)
 
-    graph, node = _targets(atoms, where)
+    graph, node = _targets(atoms, where, key_map)
     if keys is None:
         selected = [*graph, *node]
     else:

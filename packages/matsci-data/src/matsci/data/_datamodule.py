@@ -1,45 +1,93 @@
-"""A LightningDataModule over one file of structures, split into train, val and test."""
+"""A LightningDataModule over train, val and test sources, or over one file that it splits."""
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Literal, TypeAlias
 
 import numpy as np
-from torch.utils.data import Dataset, Subset
+from numpy.typing import NDArray
+from torch.utils.data import ConcatDataset, Dataset, Subset
 from torch_geometric.data import Data
 from torch_geometric.loader import DataLoader
 from typing_extensions import override
 
-from matsci.data._datasets import AseDbDataset, ExtxyzDataset, Transform
+from matsci.data._budget_sampler import BudgetBatchSampler, edge_counts
+from matsci.data._datasets import Transform
 from matsci.data._device_transfer import SkipsTransferWhenThere
 from matsci.data._distributed_sampler import UnpaddedDistributedSampler
+from matsci.data._mixture import DatasetMixture, MixtureSampler
 from matsci.data._resumable_loader import ResumableDataLoader
+from matsci.data._sources import SHARD_SUFFIXES, open_dataset
 from matsci.data._statistics import DatasetStatistics, compute_statistics
 from matsci.transforms import PeriodicRadiusGraph
 
 __all__ = ["AtomsDataModule"]
 
+# Lists and mappings come first: the CLI (jsonargparse) tries a union's members in order, and
+# a ``str`` first would take a YAML list such as ``[a.extxyz, b.extxyz]`` for a file name.
+_Path: TypeAlias = str | os.PathLike[str]
+Source: TypeAlias = Sequence[_Path] | _Path
+"""A file, a folder of shards, or a list of them (read one after the other)."""
+TrainSource: TypeAlias = Mapping[str, Source] | Source
+"""A :data:`Source`, or ``{name: Source}``: several training sets mixed into one."""
+MixtureWeights: TypeAlias = Mapping[str, float] | Literal["balanced", "temperature"]
+"""Fixed weights per training source, ``"balanced"`` or ``"temperature"`` sampling."""
+
+_PlainSource: TypeAlias = str | list[str]
 _SPLITS: Final = ("train", "val", "test")
-_DB_SUFFIXES: Final = frozenset({".db", ".json", ".aselmdb"})
-_XYZ_SUFFIXES: Final = frozenset({".xyz", ".extxyz"})
 _DEFAULT_SPLIT: Final = (0.8, 0.1, 0.1)
+_DEFAULT_BATCH_SIZE: Final = 32
 
 
-def _dataset_class(path: str, argument: str) -> type[AseDbDataset | ExtxyzDataset]:
-    """The dataset class for ``path``, chosen by its suffix (or a database URL)."""
-    suffix = Path(path).suffix.lower()
-    if "://" in path or suffix in _DB_SUFFIXES:
-        return AseDbDataset
-    if suffix in _XYZ_SUFFIXES:
-        return ExtxyzDataset
-    raise ValueError(
-        f"AtomsDataModule({argument}={path!r}): unknown file type {suffix!r}; expected an ASE "
-        f"database {sorted(_DB_SUFFIXES)} or URL, or an extxyz file {sorted(_XYZ_SUFFIXES)}"
+def _plain(source: Source, argument: str) -> _PlainSource:
+    """``source`` as plain strings (checkpoints load with weights_only, which refuses Paths)."""
+    if isinstance(source, str | os.PathLike):
+        return os.fspath(source)
+    if isinstance(source, Sequence) and all(isinstance(p, str | os.PathLike) for p in source):
+        if not source:
+            raise ValueError(f"AtomsDataModule({argument}=[]): give at least one file or folder")
+        return [os.fspath(path) for path in source]
+    raise TypeError(
+        f"AtomsDataModule({argument}={source!r}): expected a file or folder path, or a list of them"
     )
+
+
+def _plain_train(source: TrainSource) -> _PlainSource | dict[str, _PlainSource]:
+    """``train`` as plain data; a mapping keeps its names, in their order."""
+    if not isinstance(source, Mapping):
+        return _plain(source, "train")
+    if not source:
+        raise ValueError("AtomsDataModule(train={}): give at least one named training source")
+    for name in source:
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"AtomsDataModule(train=...): source name {name!r} is not a string")
+    return {name: _plain(value, f"train[{name!r}]") for name, value in source.items()}
+
+
+def _check_paths(argument: str, source: _PlainSource) -> None:
+    """Every file or folder of ``source`` exists, and every file has a known type."""
+    for path in [source] if isinstance(source, str) else source:
+        if "://" in path:  # a database URL
+            continue
+        file = Path(path)
+        if file.is_dir():  # a folder of shards: its content is checked when opened
+            continue
+        which = "" if isinstance(source, str) else f" {path!r}"
+        if not file.exists():
+            raise FileNotFoundError(
+                f"AtomsDataModule({argument}={source!r}): no such file or folder{which}"
+            )
+        suffix = file.suffix.lower()
+        if suffix not in SHARD_SUFFIXES:
+            raise ValueError(
+                f"AtomsDataModule({argument}={source!r}): unknown file type {suffix!r}{which}; "
+                f"expected an ASE database or extxyz file {list(SHARD_SUFFIXES)}, a database "
+                "URL, or a folder of them"
+            )
 
 
 def _radius_graph_settings(transform: object) -> dict[str, float | int | None] | None:
@@ -52,20 +100,49 @@ def _radius_graph_settings(transform: object) -> dict[str, float | int | None] |
     return settings
 
 
-class AtomsDataModule(SkipsTransferWhenThere):
-    """Train, val and test loaders over one ASE database or extxyz file.
+def _atom_counts_of(dataset: Any) -> NDArray[np.int64]:
+    """Atoms per structure of an opened source, or of several concatenated (a mixture)."""
+    if isinstance(dataset, ConcatDataset):
+        return np.concatenate([_atom_counts_of(part) for part in dataset.datasets])
+    counts: NDArray[np.int64] = np.asarray(dataset.atom_counts(), dtype=np.int64)
+    return counts
 
-    The split is either random by fractions (a permutation drawn from ``seed``, so the same
-    arguments give the same split on every run and every rank) or given by a column whose
-    values are ``"train"``, ``"val"`` or ``"test"``. :meth:`setup` only indexes the file
-    (row ids or frame offsets; plus the split column when one is named) and the loaders read
-    the structures, unless ``in_memory`` asks :meth:`setup` to read them all once.
+
+class AtomsDataModule(SkipsTransferWhenThere):
+    r"""Train, val, test and predict loaders over structure files: separate ones, or one split.
+
+    The data comes in one of two forms:
+
+    - **separate sources** (``train``, ``val`` and optionally ``test`` and ``predict``), the
+      layout most training sets come in (``train.extxyz``, ``val.extxyz``, ``test.extxyz``).
+      Each source is a file (an ASE database ``.db``, ``.json``, ``.aselmdb`` or URL, or an
+      extxyz file ``.xyz``, ``.extxyz``), a folder of shards (every such file inside, in name
+      order, e.g. fairchem's folders of ``.aselmdb`` files), or a list of files and folders
+      read one after the other (:func:`matsci.data._sources.open_dataset`). ``train`` may
+      also be ``{name: source}``: several training sets, concatenated, or mixed by
+      ``mixture_weights``;
+    - **one file and a split** (``dataset`` with ``split`` or ``split_column``): the split is
+      either random by fractions (a permutation drawn from ``seed``, so the same arguments
+      give the same split on every run and every rank) or given by a column whose values are
+      ``"train"``, ``"val"`` or ``"test"``.
+
+    :meth:`setup` only indexes the sources (row ids or frame offsets; plus the split column
+    when one is named) and the loaders read the structures, unless ``in_memory`` asks
+    :meth:`setup` to read them all once. The training loader shuffles (by ``seed`` and epoch;
+    it resumes mid-epoch from a checkpoint, see :class:`~matsci.data.ResumableDataLoader`);
+    evaluation loaders keep file order and, under DDP, give each structure to one rank.
+
+    Batches hold ``batch_size`` structures, or, with ``max_atoms`` and/or ``max_edges``, as
+    many as fit in that budget (:class:`~matsci.data.BudgetBatchSampler`): structures are
+    sorted into size buckets and packed, so that a batch of large structures holds few and a
+    batch of small ones many, and the memory a batch needs is bounded. Evaluation loaders
+    batch by the same budget, without shuffling.
 
     Parameters
     ----------
-    dataset : str or os.PathLike
-        An ASE database (``.db``, ``.json``, ``.aselmdb`` or a URL) or an extxyz file
-        (``.xyz``, ``.extxyz``).
+    dataset : str, os.PathLike or list, optional
+        The one-file form: a file (or folder of shards, or list) to split by ``split`` or
+        ``split_column``. Not together with ``train``, ``val`` or ``test``.
     keys : sequence of str, optional
         Targets every structure must hold (see :func:`~matsci.data.atoms_to_data`).
     transform : callable, optional
@@ -81,41 +158,103 @@ class AtomsDataModule(SkipsTransferWhenThere):
         Applied to each ``Data`` after conversion and before ``transform``; with
         ``in_memory``, once per structure. It must be deterministic: a neighbour graph.
     in_memory : bool
-        Read, convert and ``pre_transform`` every structure of the file once, in
-        :meth:`setup`, and keep them, so that the loaders only run ``transform`` and collate.
-        For files that fit in memory; the default example's data wait falls from about a
-        quarter of the step time to a few percent (see the benchmarks page).
+        Read, convert and ``pre_transform`` every structure once, in :meth:`setup`, and keep
+        them, so that the loaders only run ``transform`` and collate. For data that fits in
+        memory; the default example's data wait falls from about a quarter of the step time
+        to a few percent (see the benchmarks page).
     split : sequence of three floats, optional
-        Train, val and test fractions, each in [0, 1] and summing to at most 1; when they sum
-        to 1 the rounding remainder goes to train, so every structure is used. Defaults to
-        ``(0.8, 0.1, 0.1)`` unless ``split_column`` is given.
+        One-file form: train, val and test fractions, each in [0, 1] and summing to at most
+        1; when they sum to 1 the rounding remainder goes to train, so every structure is
+        used. Defaults to ``(0.8, 0.1, 0.1)`` unless ``split_column`` is given.
     split_column : str, optional
-        A key-value column (database) or comment-line key (extxyz) holding each structure's
-        split: ``"train"``, ``"val"`` or ``"test"``.
+        One-file form: a key-value column (database) or comment-line key (extxyz) holding
+        each structure's split: ``"train"``, ``"val"`` or ``"test"``.
     seed : int
-        Seed of the random split.
-    batch_size : int
-        Structures per batch.
+        Seed of the random split, of the training order and of mixture draws.
+    batch_size : int, optional
+        Structures per batch: 32 when ``None``. With ``max_atoms`` or ``max_edges``, the most
+        structures per batch (no limit when ``None``).
     num_workers : int
         ``DataLoader`` worker processes.
     pin_memory : bool
         Pin batches in page-locked memory.
-    predict_path : str or os.PathLike, optional
-        A file to predict on; the test split when ``None``.
+    predict_path : str or os.PathLike or list, optional
+        The same as ``predict`` (its older name); give one of the two.
+    train : str, os.PathLike, list or dict, optional
+        Separate-sources form: the training data; ``{name: source}`` for several sets.
+    val : str, os.PathLike or list, optional
+        Separate-sources form: the validation data (needed with ``train``).
+    test : str, os.PathLike or list, optional
+        Separate-sources form: the test data (``trainer.test`` needs it).
+    predict : str, os.PathLike or list, optional
+        Data to predict on; the test data (or test split) when ``None``.
+    key_map : mapping of str to str, optional
+        ``{matsci target name: name stored in the files}``, e.g. ``{"energy":
+        "total_energy"}``, for every source (see :func:`~matsci.data.atoms_to_data`).
+    max_atoms : int, optional
+        Atoms per batch: batches are packed up to this budget instead of ``batch_size``.
+    max_edges : int, optional
+        Neighbour pairs per batch (needs a ``PeriodicRadiusGraph`` in ``transform`` or
+        ``pre_transform``). The edges of every structure are counted once, when its loader is
+        first made: one pass over the data, unlike ``max_atoms``, which reads only the index.
+    mixture_weights : dict, "balanced" or "temperature", optional
+        With ``train`` as ``{name: source}``: draw the training structures of each epoch from
+        the sources with fixed weights ``{name: weight}``, equally often (``"balanced"``), or
+        with probabilities :math:`p_s \propto n_s^{1/T}` (``"temperature"``, with
+        ``mixture_temperature`` :math:`T`; :math:`T = 1` follows the sizes :math:`n_s`, large
+        :math:`T` tends to balanced) (:class:`~matsci.data.DatasetMixture`). Without it the
+        sources are concatenated and every structure is seen once per epoch.
+    mixture_temperature : float, optional
+        :math:`T > 0` of ``mixture_weights="temperature"``.
+    mixture_samples : int, optional
+        Structures drawn per epoch from a mixture (default: all sources' sizes summed).
+
+    Attributes
+    ----------
+    dataset : Dataset or None
+        After :meth:`setup`: the opened file of the one-file form (every split), or the
+        training data of the separate-sources form.
+    split_indices : dict
+        One-file form, after :meth:`setup`: ``{"train", "val", "test"}`` positions in
+        ``dataset``; empty in the separate-sources form.
+    path : str, list or dict
+        Where the training data comes from: ``dataset`` or ``train``, as plain strings.
 
     Raises
     ------
     ValueError
-        If the fractions are invalid, both ``split`` and ``split_column`` are given, a file
-        type is unknown, or (in :meth:`setup`) a split column value is not a split name.
+        If the two forms are mixed or ``train``/``val`` is missing, the fractions are
+        invalid, both ``split`` and ``split_column`` are given, a file type is unknown, a
+        mixture or budget argument is invalid, or (in :meth:`setup`) a source cannot be read,
+        lacks a requested key, or a split column value is not a split name. Errors name the
+        argument (``train=``, ``val=``, ...) and the file.
     FileNotFoundError
-        If ``dataset`` or ``predict_path`` does not exist.
+        If a file or folder of a source does not exist.
 
     Examples
     --------
-    >>> import tempfile, pathlib, ase.db
+    Three files, the layout most training sets come in:
+
+    >>> import tempfile, pathlib, ase.io
     >>> from ase.build import bulk
-    >>> path = pathlib.Path(tempfile.mkdtemp()) / "ten.db"
+    >>> folder = pathlib.Path(tempfile.mkdtemp())
+    >>> for name, count in (("train", 8), ("val", 2), ("test", 3)):
+    ...     frames = [bulk("Cu", a=3.6 + 0.01 * i) for i in range(count)]
+    ...     for frame in frames:
+    ...         frame.info["target"] = frame.cell[0, 1]
+    ...     ase.io.write(folder / f"{name}.extxyz", frames)
+    >>> module = AtomsDataModule(train=folder / "train.extxyz", val=folder / "val.extxyz",
+    ...                          test=folder / "test.extxyz", keys=["target"], batch_size=4)
+    >>> module.setup("fit")
+    >>> [batch.num_graphs for batch in module.train_dataloader()]
+    [4, 4]
+    >>> next(iter(module.test_dataloader())).structure_id
+    tensor([0, 1, 2])
+
+    One file, split at random:
+
+    >>> import ase.db
+    >>> path = folder / "ten.db"
     >>> with ase.db.connect(path) as db:
     ...     for i in range(10):
     ...         _ = db.write(bulk("Cu", a=3.6 + 0.01 * i), target=float(i))
@@ -129,7 +268,7 @@ class AtomsDataModule(SkipsTransferWhenThere):
 
     def __init__(
         self,
-        dataset: str | os.PathLike[str],
+        dataset: Source | None = None,
         keys: Sequence[str] | None = None,
         transform: Transform | None = None,
         pre_transform: Transform | None = None,
@@ -137,26 +276,44 @@ class AtomsDataModule(SkipsTransferWhenThere):
         split: Sequence[float] | None = None,
         split_column: str | None = None,
         seed: int = 0,
-        batch_size: int = 32,
+        batch_size: int | None = None,
         num_workers: int = 0,
         pin_memory: bool = False,
-        predict_path: str | os.PathLike[str] | None = None,
+        predict_path: Source | None = None,
+        *,
+        train: TrainSource | None = None,
+        val: Source | None = None,
+        test: Source | None = None,
+        predict: Source | None = None,
+        key_map: Mapping[str, str] | None = None,
+        max_atoms: int | None = None,
+        max_edges: int | None = None,
+        mixture_weights: MixtureWeights | None = None,
+        mixture_temperature: float | None = None,
+        mixture_samples: int | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["transform", "pre_transform"])
-        # Plain strings only: checkpoints load with weights_only=True, which refuses Path objects.
-        self.hparams["dataset"] = os.fspath(dataset)
-        self.hparams["predict_path"] = None if predict_path is None else os.fspath(predict_path)
+        plain = {
+            "dataset": None if dataset is None else _plain(dataset, "dataset"),
+            "train": None if train is None else _plain_train(train),
+            "val": None if val is None else _plain(val, "val"),
+            "test": None if test is None else _plain(test, "test"),
+            "predict": None if predict is None else _plain(predict, "predict"),
+            "predict_path": None if predict_path is None else _plain(predict_path, "predict_path"),
+        }
+        # Plain data only: checkpoints load with weights_only=True, which refuses Path objects.
+        self.hparams.update(plain)
         self.hparams["split"] = None if split is None else [float(f) for f in split]
         self.hparams["keys"] = None if keys is None else list(keys)
+        self.hparams["key_map"] = None if key_map is None else dict(key_map)
+        self.hparams["mixture_weights"] = (
+            dict(mixture_weights) if isinstance(mixture_weights, Mapping) else mixture_weights
+        )
         self.hparams["radius_graph"] = _radius_graph_settings(transform) or _radius_graph_settings(
             pre_transform
         )
-        if split is not None and split_column is not None:
-            raise ValueError(
-                f"AtomsDataModule(split={split!r}, split_column={split_column!r}): give "
-                "fractions or a split column, not both"
-            )
+        self._check_form(plain, split=split, split_column=split_column)
         fractions = tuple(float(f) for f in (split if split is not None else _DEFAULT_SPLIT))
         if (
             len(fractions) != 3
@@ -167,56 +324,199 @@ class AtomsDataModule(SkipsTransferWhenThere):
                 f"AtomsDataModule(split={split!r}): expected three fractions (train, val, "
                 "test), each in [0, 1], summing to at most 1"
             )
-        if batch_size < 1:
-            raise ValueError(f"AtomsDataModule(batch_size={batch_size}): must be at least 1")
+        for name, value in (
+            ("batch_size", batch_size),
+            ("max_atoms", max_atoms),
+            ("max_edges", max_edges),
+            ("mixture_samples", mixture_samples),
+        ):
+            if value is not None and value < 1:
+                raise ValueError(f"AtomsDataModule({name}={value}): must be at least 1")
         if num_workers < 0:
             raise ValueError(f"AtomsDataModule(num_workers={num_workers}): must be at least 0")
-        self.path = os.fspath(dataset)
-        self.predict_path = None if predict_path is None else os.fspath(predict_path)
-        for argument, value in (("dataset", self.path), ("predict_path", self.predict_path)):
-            if value is not None and "://" not in value and not Path(value).is_file():
-                raise FileNotFoundError(f"AtomsDataModule({argument}={value!r}): no such file")
-        self._dataset_class = _dataset_class(self.path, "dataset")
-        self._predict_class = (
-            None if self.predict_path is None else _dataset_class(self.predict_path, "predict_path")
-        )
+        if max_edges is not None and self.hparams["radius_graph"] is None:
+            raise ValueError(
+                f"AtomsDataModule(max_edges={max_edges}): edges are counted on the neighbour "
+                "graph; add a PeriodicRadiusGraph to transform or pre_transform (or give "
+                "max_atoms instead)"
+            )
+        self._check_mixture(plain["train"], mixture_weights, mixture_temperature, mixture_samples)
+        self._one_file = plain["dataset"] is not None
+        self._sources: dict[str, Any] = {
+            name: plain[name] for name in ("dataset", "train", "val", "test") if plain[name]
+        }
+        predict_source = plain["predict"] if plain["predict"] is not None else plain["predict_path"]
+        if predict_source is not None:
+            self._sources["predict"] = predict_source
+        for name, source in self._sources.items():
+            argument = "predict_path" if name == "predict" and predict is None else name
+            if isinstance(source, dict):
+                for part, value in source.items():
+                    _check_paths(f"{argument}[{part!r}]", value)
+            else:
+                _check_paths(argument, source)
+        self.path = plain["dataset"] if self._one_file else plain["train"]
+        self.predict_path = predict_source
         self.keys = None if keys is None else list(keys)
+        self.key_map = None if key_map is None else dict(key_map)
         self.transform = transform
         self.pre_transform = pre_transform
         self.in_memory = in_memory
         self.fractions = fractions
         self.split_column = split_column
         self.seed = seed
-        self.batch_size = batch_size
+        self.max_atoms = max_atoms
+        self.max_edges = max_edges
+        budget = max_atoms is not None or max_edges is not None
+        self.batch_size = batch_size if batch_size is not None or budget else _DEFAULT_BATCH_SIZE
         self.num_workers = num_workers
         self.pin_memory = pin_memory
-        self.dataset: AseDbDataset | ExtxyzDataset | None = None
+        self.mixture_weights = self.hparams["mixture_weights"]
+        self.mixture_temperature = mixture_temperature
+        self.mixture_samples = mixture_samples
+        self.dataset: Dataset[Data] | None = None
         self.split_indices: dict[str, list[int]] = {}
-        self._predict_dataset: AseDbDataset | ExtxyzDataset | None = None
+        self._opened: dict[str, Dataset[Data]] = {}
+        self._edge_counts: dict[str, NDArray[np.int64]] = {}
+
+    @staticmethod
+    def _check_form(
+        plain: Mapping[str, Any], *, split: Sequence[float] | None, split_column: str | None
+    ) -> None:
+        """One of the two forms, complete; ``predict`` or its old name, not both."""
+        separate = [name for name in ("train", "val", "test") if plain[name] is not None]
+        if plain["dataset"] is not None and separate:
+            raise ValueError(
+                f"AtomsDataModule(dataset=..., {'=..., '.join(separate)}=...): give one file to "
+                "split (dataset=, with split= or split_column=) or separate sources (train=, "
+                "val=, test=), not both"
+            )
+        if plain["dataset"] is None:
+            if plain["train"] is None or plain["val"] is None:
+                given = ", ".join(f"{name}=..." for name in separate) or "no data"
+                raise ValueError(
+                    f"AtomsDataModule({given}): give train= and val= (and optionally test=), "
+                    "or one file to split as dataset="
+                )
+            if split is not None or split_column is not None:
+                raise ValueError(
+                    "AtomsDataModule(train=..., split/split_column=...): split= and "
+                    "split_column= split the one file of dataset=; separate sources need none"
+                )
+        if split is not None and split_column is not None:
+            raise ValueError(
+                f"AtomsDataModule(split={split!r}, split_column={split_column!r}): give "
+                "fractions or a split column, not both"
+            )
+        if plain["predict"] is not None and plain["predict_path"] is not None:
+            raise ValueError(
+                "AtomsDataModule(predict=..., predict_path=...): predict_path is the old name "
+                "of predict; give one of them"
+            )
+
+    @staticmethod
+    def _check_mixture(
+        train: Any,
+        weights: MixtureWeights | None,
+        temperature: float | None,
+        samples: int | None,
+    ) -> None:
+        if weights is None:
+            if temperature is not None or samples is not None:
+                raise ValueError(
+                    "AtomsDataModule(mixture_temperature=/mixture_samples=...): these set up a "
+                    "mixture; give mixture_weights too"
+                )
+            return
+        if not isinstance(train, dict):
+            raise ValueError(
+                f"AtomsDataModule(mixture_weights={weights!r}): a mixture needs several named "
+                "training sources, train={name: source, ...}"
+            )
+        if isinstance(weights, Mapping):
+            if set(weights) != set(train):
+                raise ValueError(
+                    f"AtomsDataModule(mixture_weights={dict(weights)!r}): expected one weight "
+                    f"for each training source {list(train)}"
+                )
+            if any(not w >= 0 for w in weights.values()) or not sum(weights.values()) > 0:
+                raise ValueError(
+                    f"AtomsDataModule(mixture_weights={dict(weights)!r}): weights must be "
+                    "non-negative with a positive sum"
+                )
+        elif weights not in ("balanced", "temperature"):
+            raise ValueError(
+                f"AtomsDataModule(mixture_weights={weights!r}): expected {{name: weight}}, "
+                "'balanced' or 'temperature'"
+            )
+        if (weights == "temperature") != (temperature is not None):
+            raise ValueError(
+                f"AtomsDataModule(mixture_weights={weights!r}, mixture_temperature="
+                f"{temperature!r}): give a temperature exactly with mixture_weights='temperature'"
+            )
+        if temperature is not None and not temperature > 0:
+            raise ValueError(
+                f"AtomsDataModule(mixture_temperature={temperature}): must be positive"
+            )
+
+    # -- opening the sources -----------------------------------------------------------------
+
+    def _open(self, argument: str, source: _PlainSource) -> Dataset[Data]:
+        """Open one source; errors name the argument and the source."""
+        try:
+            opened: Dataset[Data] = open_dataset(
+                source,
+                keys=self.keys,
+                key_map=self.key_map,
+                transform=self.transform,
+                pre_transform=self.pre_transform,
+                in_memory=self.in_memory,
+            )
+        except FileNotFoundError as error:
+            raise FileNotFoundError(f"AtomsDataModule({argument}={source!r}): {error}") from error
+        except ValueError as error:
+            raise ValueError(f"AtomsDataModule({argument}={source!r}): {error}") from error
+        return opened
+
+    def _open_source(self, name: str) -> None:
+        if name in self._opened or name not in self._sources:
+            return
+        source = self._sources[name]
+        if isinstance(source, dict):
+            parts = [self._open(f"{name}[{part!r}]", value) for part, value in source.items()]
+            self._opened[name] = ConcatDataset(parts)
+        else:
+            argument = (
+                "predict_path" if name == "predict" and self.hparams["predict"] is None else name
+            )
+            self._opened[name] = self._open(argument, source)
 
     @override
     def setup(self, stage: str) -> None:
-        """Index the file and draw the split (once; later calls do nothing)."""
-        if self.dataset is None:
-            self.dataset = self._dataset_class(self.path, **self._dataset_options())
-            self.split_indices = (
-                self._column_split(self.dataset)
-                if self.split_column is not None
-                else self._random_split(len(self.dataset))
-            )
-        if stage == "predict" and self._predict_class is not None and self._predict_dataset is None:
-            assert self.predict_path is not None
-            self._predict_dataset = self._predict_class(
-                self.predict_path, **self._dataset_options()
-            )
+        """Open (index) the sources of ``stage`` and draw the split (once; later calls reuse).
 
-    def _dataset_options(self) -> dict[str, Any]:
-        return {
-            "keys": self.keys,
-            "transform": self.transform,
-            "pre_transform": self.pre_transform,
-            "in_memory": self.in_memory,
-        }
+        ``"predict"`` opens the predict source (or the test data); the other stages open
+        ``train``, ``val`` and ``test``, so that a source that cannot be read, or lacks a
+        requested key, fails before training.
+        """
+        if self._one_file:
+            if self.dataset is None:
+                self._open_source("dataset")
+                self.dataset = self._opened["dataset"]
+                self.split_indices = (
+                    self._column_split(self.dataset)
+                    if self.split_column is not None
+                    else self._random_split(len(self.dataset))  # type: ignore[arg-type]
+                )
+            if stage == "predict":
+                self._open_source("predict")
+            return
+        if stage == "predict":
+            self._open_source("predict" if "predict" in self._sources else "test")
+            return
+        for name in _SPLITS:
+            self._open_source(name)
+        self.dataset = self._opened["train"]
 
     def _random_split(self, length: int) -> dict[str, list[int]]:
         counts = [math.floor(f * length) for f in self.fractions]
@@ -229,7 +529,7 @@ class AtomsDataModule(SkipsTransferWhenThere):
             for name, start, stop in zip(_SPLITS, bounds[:-1], bounds[1:], strict=True)
         }
 
-    def _column_split(self, dataset: AseDbDataset | ExtxyzDataset) -> dict[str, list[int]]:
+    def _column_split(self, dataset: Any) -> dict[str, list[int]]:
         assert self.split_column is not None
         indices: dict[str, list[int]] = {name: [] for name in _SPLITS}
         for position, value in enumerate(dataset.column(self.split_column)):
@@ -241,53 +541,147 @@ class AtomsDataModule(SkipsTransferWhenThere):
             indices[value].append(position)
         return indices
 
-    def _loader(self, name: str, *, shuffle: bool) -> DataLoader:
-        if self.dataset is None:
-            raise RuntimeError(
-                f"AtomsDataModule: call setup() before {name}_dataloader() (the Trainer does)"
-            )
-        return self._make_loader(Subset(self.dataset, self.split_indices[name]), shuffle=shuffle)
+    # -- what each loader reads --------------------------------------------------------------
 
-    def _make_loader(self, dataset: Dataset[Data], *, shuffle: bool) -> DataLoader:
-        # Training resumes mid-epoch from checkpoints (the order depends on seed and epoch
-        # only); evaluation gives each structure to one DDP rank, without padded repeats.
+    def _resolved(self, name: str) -> str:
+        """``"predict"`` falls back to the test data when no predict source was given."""
+        return "test" if name == "predict" and "predict" not in self._sources else name
+
+    def _split(self, name: str, caller: str) -> Dataset[Data]:
+        """The structures of ``name`` (train, val, test or predict)."""
+        wanted, name = name, self._resolved(name)
+        if self._one_file and name != "predict":
+            if self.dataset is None:
+                raise RuntimeError(
+                    f"AtomsDataModule: call setup() before {caller}() (the Trainer does)"
+                )
+            return Subset(self.dataset, self.split_indices[name])
+        if name not in self._sources:
+            give = "predict= or test=" if wanted == "predict" else f"{name}="
+            raise ValueError(
+                f"AtomsDataModule: {caller}() needs {wanted} data; give {give} (a file, folder "
+                "or list)"
+            )
+        if name not in self._opened:
+            stage = "'predict'" if caller == "predict_dataloader" else ""
+            raise RuntimeError(
+                f"AtomsDataModule: call setup({stage}) before {caller}() (the Trainer does)"
+            )
+        return self._opened[name]
+
+    def _atom_counts(self, name: str) -> NDArray[np.int64]:
+        name = self._resolved(name)
+        if self._one_file and name != "predict":
+            assert self.dataset is not None
+            positions = np.asarray(self.split_indices[name], dtype=np.int64)
+            counts: NDArray[np.int64] = _atom_counts_of(self.dataset)[positions]
+            return counts
+        return _atom_counts_of(self._opened[name])
+
+    def _mixture(self) -> DatasetMixture | None:
+        """The training mixture over the sources of ``train={name: source}``, if weighted."""
+        weights = self.mixture_weights
+        if weights is None:
+            return None
+        train = self._opened["train"]
+        assert isinstance(train, ConcatDataset)
+        sizes = [len(part) for part in train.datasets]  # type: ignore[arg-type]
+        by_name: Sequence[float] | Literal["balanced"] | None = None
+        if isinstance(weights, Mapping):
+            by_name = [float(weights[name]) for name in self._sources["train"]]
+        elif weights == "balanced":
+            by_name = "balanced"
+        return DatasetMixture(
+            sizes,
+            weights=by_name,
+            temperature=self.mixture_temperature,
+            num_samples=self.mixture_samples,
+        )
+
+    def _budget(self, name: str, *, shuffle: bool) -> BudgetBatchSampler | None:
+        """A batch sampler by ``max_atoms``/``max_edges`` for ``name``; ``None`` without one."""
+        if self.max_atoms is None and self.max_edges is None:
+            return None
+        edges = None
+        if self.max_edges is not None:
+            if name not in self._edge_counts:
+                dataset = self._split(name, f"{name}_dataloader")
+                items = (dataset[i] for i in range(len(dataset)))  # type: ignore[arg-type]
+                self._edge_counts[name] = edge_counts(items)
+            edges = self._edge_counts[name]
+        try:
+            return BudgetBatchSampler(
+                self._atom_counts(name),
+                edge_counts=edges,
+                max_atoms=self.max_atoms,
+                max_edges=self.max_edges,
+                max_structures=self.batch_size,
+                shuffle=shuffle,
+                seed=self.seed,
+                mixture=self._mixture() if shuffle else None,
+            )
+        except ValueError as error:
+            raise ValueError(
+                f"AtomsDataModule(max_atoms={self.max_atoms}, max_edges={self.max_edges}), "
+                f"{self._resolved(name)} data: {error}"
+            ) from error
+
+    def _loader(self, dataset: Dataset[Data], **options: Any) -> DataLoader:
         return ResumableDataLoader(
             dataset,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
             seed=self.seed,
-            sampler=None if shuffle else UnpaddedDistributedSampler(dataset),  # type: ignore[arg-type]
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
+            **options,
+        )
+
+    def _evaluation_loader(self, name: str) -> DataLoader:
+        # Each structure goes to one DDP rank, without padded repeats, in file order (or in
+        # the budget sampler's bucket order).
+        dataset = self._split(name, f"{name}_dataloader")
+        budget = self._budget(name, shuffle=False)
+        if budget is not None:
+            return self._loader(dataset, batch_sampler=budget)
+        return self._loader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=False,
+            sampler=UnpaddedDistributedSampler(dataset),  # type: ignore[arg-type]
         )
 
     @override
     def train_dataloader(self) -> DataLoader:
-        """Shuffled batches of the train split."""
-        return self._loader("train", shuffle=True)
+        """Shuffled batches of the training data (by seed and epoch; resumable mid-epoch)."""
+        dataset = self._split("train", "train_dataloader")
+        budget = self._budget("train", shuffle=True)
+        if budget is not None:
+            return self._loader(dataset, batch_sampler=budget)
+        mixture = self._mixture()
+        if mixture is not None:
+            sampler = MixtureSampler(mixture, seed=self.seed)
+            return self._loader(dataset, batch_size=self.batch_size, sampler=sampler)
+        return self._loader(dataset, batch_size=self.batch_size, shuffle=True)
 
     @override
     def val_dataloader(self) -> DataLoader:
-        """Batches of the val split, in file order."""
-        return self._loader("val", shuffle=False)
+        """Batches of the validation data, in file order."""
+        return self._evaluation_loader("val")
 
     @override
     def test_dataloader(self) -> DataLoader:
-        """Batches of the test split, in file order."""
-        return self._loader("test", shuffle=False)
+        """Batches of the test data, in file order."""
+        return self._evaluation_loader("test")
 
     @override
     def predict_dataloader(self) -> DataLoader:
-        """Batches of ``predict_path`` in file order, or else of the test split."""
-        if self.predict_path is None:
-            return self._loader("test", shuffle=False)
-        if self._predict_dataset is None:
-            raise RuntimeError(
-                "AtomsDataModule: call setup('predict') before predict_dataloader() "
-                "(the Trainer does)"
-            )
-        return self._make_loader(self._predict_dataset, shuffle=False)
+        """Batches of ``predict`` in file order, or else of the test data."""
+        return self._evaluation_loader("predict")
+
+    @property
+    def has_test_data(self) -> bool:
+        """Whether there is test data: a ``test`` source, or the one-file form's test split."""
+        return self._one_file or "test" in self._sources
 
     def statistics(
         self,
@@ -295,11 +689,13 @@ class AtomsDataModule(SkipsTransferWhenThere):
         cutoff: float | None = None,
         elements: Sequence[int] | None = None,
     ) -> DatasetStatistics:
-        """Statistics of the train split, in one streaming pass, for setting tasks up.
+        """Statistics of the training data, in one streaming pass, for setting tasks up.
 
-        Runs :func:`~matsci.data.compute_statistics` over the train split in file order, in
-        batches of ``batch_size`` read by ``num_workers`` workers. Every DDP rank reads the
-        whole split (no distributed sampler), so every rank gets the same numbers.
+        Runs :func:`~matsci.data.compute_statistics` over the training data in file order
+        (every structure of every training source once, whatever the mixture weights), in
+        batches of ``batch_size`` (32 when ``None``) read by ``num_workers`` workers. Every
+        DDP rank reads all of it (no distributed sampler), so every rank gets the same
+        numbers.
 
         Parameters
         ----------
@@ -321,7 +717,7 @@ class AtomsDataModule(SkipsTransferWhenThere):
         RuntimeError
             If :meth:`setup` has not run.
         ValueError
-            As :func:`~matsci.data.compute_statistics`, e.g. for an empty train split.
+            As :func:`~matsci.data.compute_statistics`, e.g. for empty training data.
 
         Examples
         --------
@@ -342,8 +738,8 @@ class AtomsDataModule(SkipsTransferWhenThere):
                 "AtomsDataModule: call setup() before statistics() (the Trainer does)"
             )
         loader = DataLoader(
-            Subset(self.dataset, self.split_indices["train"]),
-            batch_size=self.batch_size,
+            self._split("train", "statistics"),
+            batch_size=self.batch_size or _DEFAULT_BATCH_SIZE,
             num_workers=self.num_workers,
         )
         return compute_statistics(
@@ -351,7 +747,18 @@ class AtomsDataModule(SkipsTransferWhenThere):
         )
 
     def __repr__(self) -> str:
-        return (
-            f"AtomsDataModule({self.path!r}, split={self.split_column or self.fractions}, "
-            f"seed={self.seed}, batch_size={self.batch_size})"
-        )
+        batches = f"batch_size={self.batch_size}"
+        if self.max_atoms is not None:
+            batches += f", max_atoms={self.max_atoms}"
+        if self.max_edges is not None:
+            batches += f", max_edges={self.max_edges}"
+        if self._one_file:
+            return (
+                f"AtomsDataModule({self.path!r}, split={self.split_column or self.fractions}, "
+                f"seed={self.seed}, {batches})"
+            )
+        sources = ", ".join(
+            f"{name}={self._sources[name]!r}" for name in (*_SPLITS, "predict")
+            if name in self._sources
+        )  # fmt: skip
+        return f"AtomsDataModule({sources}, seed={self.seed}, {batches})"

@@ -24,6 +24,7 @@ import ase.db
 
 from matsci.data.examples._emt import EMT_ELEMENTS, STRUCTURE_TYPES, make_emt_dataset
 from matsci.data.examples._spacegroup import DEFAULT_SPACEGROUPS, make_spacegroup_dataset
+from matsci.data.examples._split_files import write_split_files
 
 
 def _summary(path: Path, key: str, seconds: float) -> str:
@@ -104,9 +105,10 @@ def _parser() -> argparse.ArgumentParser:
 
     bundled = commands.add_parser(
         "bundled",
-        help="regenerate the bundled copies (emt.db and spacegroup.db) into a folder",
+        help="regenerate the bundled copies (emt.db, spacegroup.db and the EMT data as "
+        "emt-train/val/test.extxyz) into a folder",
     )
-    bundled.add_argument("folder", type=Path, help="folder to write emt.db and spacegroup.db")
+    bundled.add_argument("folder", type=Path, help="folder to write the bundled files into")
     bundled.add_argument("--overwrite", action="store_true", help="replace existing files")
     return parser
 
@@ -149,6 +151,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             lambda: make_spacegroup_dataset(folder / "spacegroup.db", overwrite=args.overwrite),
             "spacegroup",
         )
+        written = write_split_files(
+            folder / "emt.db", folder, max_train=120, overwrite=args.overwrite
+        )
+        print("wrote " + ", ".join(str(path) for path in written.values()))
     return 0
 
 
