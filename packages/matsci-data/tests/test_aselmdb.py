@@ -15,9 +15,8 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from torch_geometric.loader import DataLoader
 
 from matsci.contract import keys as K
+from matsci.data import AseDbDataset, ShardedDataset, open_dataset
 from matsci.data._aselmdb import AseLmdbRows
-from matsci.data._datasets import AseDbDataset
-from matsci.data._sources import ShardedDataset, open_dataset
 
 pytest.importorskip("ase_db_backends")
 pytest.importorskip("lmdb")

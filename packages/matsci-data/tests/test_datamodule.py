@@ -11,9 +11,7 @@ from torch_geometric.transforms import Compose
 
 from matsci.contract import keys as K
 from matsci.contract.keys import STRUCTURE_ID
-from matsci.data._datamodule import AtomsDataModule
-from matsci.data._datasets import AseDbDataset
-from matsci.data._statistics import compute_statistics
+from matsci.data import AseDbDataset, AtomsDataModule, compute_statistics
 from matsci.data.examples import bundled_dataset_path
 from matsci.transforms import NoisyPositions, PeriodicRadiusGraph
 

@@ -13,10 +13,7 @@ from ase.build import bulk
 from torch_geometric.data import Batch
 
 from matsci.contract import keys as K
-from matsci.data._budget_sampler import BudgetBatchSampler
-from matsci.data._datamodule import AtomsDataModule
-from matsci.data._mixture import DatasetMixture
-from matsci.data._statistics import compute_statistics
+from matsci.data import AtomsDataModule, BudgetBatchSampler, DatasetMixture, compute_statistics
 from matsci.data.examples import bundled_dataset_path, write_split_files
 from matsci.transforms import PeriodicRadiusGraph
 

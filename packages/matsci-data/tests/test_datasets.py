@@ -17,7 +17,7 @@ from torch_geometric.loader import DataLoader
 
 from matsci.contract import keys as K
 from matsci.contract.keys import STRUCTURE_ID
-from matsci.data._datasets import AseDbDataset, ExtxyzDataset
+from matsci.data import AseDbDataset, ExtxyzDataset
 
 Dataset = AseDbDataset | ExtxyzDataset
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from ase import Atoms
 
-from matsci.data._datasets import ExtxyzDataset
+from matsci.data import ExtxyzDataset
 from matsci.data._index_cache import cache_paths
 
 

@@ -11,8 +11,7 @@ import torch
 from ase import Atoms
 from ase.build import bulk, molecule
 
-from matsci.data._datasets import AseDbDataset, ExtxyzDataset
-from matsci.data._sources import ShardedDataset, open_dataset
+from matsci.data import AseDbDataset, ExtxyzDataset, ShardedDataset, open_dataset
 
 
 def _structures(count: int, offset: int = 0) -> list[Atoms]:

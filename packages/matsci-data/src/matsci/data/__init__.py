@@ -2,11 +2,12 @@
 
 from importlib.metadata import version as _version
 
+from matsci.data._ase_db_dataset import AseDbDataset
 from matsci.data._budget_sampler import BudgetBatchSampler, edge_counts
 from matsci.data._convert import atoms_to_data, data_to_atoms
 from matsci.data._datamodule import AtomsDataModule
-from matsci.data._datasets import AseDbDataset, ExtxyzDataset
 from matsci.data._distributed_sampler import UnpaddedDistributedSampler
+from matsci.data._extxyz_dataset import ExtxyzDataset
 from matsci.data._mixture import DatasetMixture, MixtureSampler
 from matsci.data._multi_datamodule import MultiDataModule
 from matsci.data._resumable_loader import ResumableDataLoader, SeededRandomSampler

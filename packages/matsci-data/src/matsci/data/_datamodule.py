@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import math
-import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
-from typing import Any, Final, Literal, TypeAlias
+from typing import Any, Final
 
 import numpy as np
 from numpy.typing import NDArray
@@ -15,79 +12,36 @@ from torch_geometric.data import Data
 from torch_geometric.loader import DataLoader
 from typing_extensions import override
 
+from matsci.data._atoms_dataset import Transform
 from matsci.data._budget_sampler import BudgetBatchSampler, edge_counts
-from matsci.data._datasets import Transform
 from matsci.data._device_transfer import SkipsTransferWhenThere
-from matsci.data._distributed_sampler import UnpaddedDistributedSampler
-from matsci.data._mixture import DatasetMixture, MixtureSampler
-from matsci.data._resumable_loader import ResumableDataLoader
-from matsci.data._sources import SHARD_SUFFIXES, open_dataset
+from matsci.data._loader_factory import (
+    atom_counts_of,
+    check_loader_arguments,
+    evaluation_loader,
+    training_loader,
+    training_mixture,
+)
+from matsci.data._mixture import DatasetMixture
+from matsci.data._one_file_split import SPLITS, column_split, random_split, split_fractions
+from matsci.data._source_arguments import (
+    MixtureWeights,
+    PlainSource,
+    Source,
+    TrainSource,
+    check_form,
+    check_mixture,
+    plain_source,
+    plain_train,
+    sources_of,
+)
+from matsci.data._sources import open_dataset
 from matsci.data._statistics import DatasetStatistics, compute_statistics
 from matsci.transforms import PeriodicRadiusGraph
 
 __all__ = ["AtomsDataModule"]
 
-# Lists and mappings come first: the CLI (jsonargparse) tries a union's members in order, and
-# a ``str`` first would take a YAML list such as ``[a.extxyz, b.extxyz]`` for a file name.
-_Path: TypeAlias = str | os.PathLike[str]
-Source: TypeAlias = Sequence[_Path] | _Path
-"""A file, a folder of shards, or a list of them (read one after the other)."""
-TrainSource: TypeAlias = Mapping[str, Source] | Source
-"""A :data:`Source`, or ``{name: Source}``: several training sets mixed into one."""
-MixtureWeights: TypeAlias = Mapping[str, float] | Literal["balanced", "temperature"]
-"""Fixed weights per training source, ``"balanced"`` or ``"temperature"`` sampling."""
-
-_PlainSource: TypeAlias = str | list[str]
-_SPLITS: Final = ("train", "val", "test")
-_DEFAULT_SPLIT: Final = (0.8, 0.1, 0.1)
 _DEFAULT_BATCH_SIZE: Final = 32
-
-
-def _plain(source: Source, argument: str) -> _PlainSource:
-    """``source`` as plain strings (checkpoints load with weights_only, which refuses Paths)."""
-    if isinstance(source, str | os.PathLike):
-        return os.fspath(source)
-    if isinstance(source, Sequence) and all(isinstance(p, str | os.PathLike) for p in source):
-        if not source:
-            raise ValueError(f"AtomsDataModule({argument}=[]): give at least one file or folder")
-        return [os.fspath(path) for path in source]
-    raise TypeError(
-        f"AtomsDataModule({argument}={source!r}): expected a file or folder path, or a list of them"
-    )
-
-
-def _plain_train(source: TrainSource) -> _PlainSource | dict[str, _PlainSource]:
-    """``train`` as plain data; a mapping keeps its names, in their order."""
-    if not isinstance(source, Mapping):
-        return _plain(source, "train")
-    if not source:
-        raise ValueError("AtomsDataModule(train={}): give at least one named training source")
-    for name in source:
-        if not isinstance(name, str) or not name:
-            raise TypeError(f"AtomsDataModule(train=...): source name {name!r} is not a string")
-    return {name: _plain(value, f"train[{name!r}]") for name, value in source.items()}
-
-
-def _check_paths(argument: str, source: _PlainSource) -> None:
-    """Every file or folder of ``source`` exists, and every file has a known type."""
-    for path in [source] if isinstance(source, str) else source:
-        if "://" in path:  # a database URL
-            continue
-        file = Path(path)
-        if file.is_dir():  # a folder of shards: its content is checked when opened
-            continue
-        which = "" if isinstance(source, str) else f" {path!r}"
-        if not file.exists():
-            raise FileNotFoundError(
-                f"AtomsDataModule({argument}={source!r}): no such file or folder{which}"
-            )
-        suffix = file.suffix.lower()
-        if suffix not in SHARD_SUFFIXES:
-            raise ValueError(
-                f"AtomsDataModule({argument}={source!r}): unknown file type {suffix!r}{which}; "
-                f"expected an ASE database or extxyz file {list(SHARD_SUFFIXES)}, a database "
-                "URL, or a folder of them"
-            )
 
 
 def _radius_graph_settings(transform: object) -> dict[str, float | int | None] | None:
@@ -98,14 +52,6 @@ def _radius_graph_settings(transform: object) -> dict[str, float | int | None] |
     for inner in getattr(transform, "transforms", None) or ():  # a PyG Compose
         settings = _radius_graph_settings(inner) or settings
     return settings
-
-
-def _atom_counts_of(dataset: Any) -> NDArray[np.int64]:
-    """Atoms per structure of an opened source, or of several concatenated (a mixture)."""
-    if isinstance(dataset, ConcatDataset):
-        return np.concatenate([_atom_counts_of(part) for part in dataset.datasets])
-    counts: NDArray[np.int64] = np.asarray(dataset.atom_counts(), dtype=np.int64)
-    return counts
 
 
 class AtomsDataModule(SkipsTransferWhenThere):
@@ -295,12 +241,14 @@ class AtomsDataModule(SkipsTransferWhenThere):
         super().__init__()
         self.save_hyperparameters(ignore=["transform", "pre_transform"])
         plain = {
-            "dataset": None if dataset is None else _plain(dataset, "dataset"),
-            "train": None if train is None else _plain_train(train),
-            "val": None if val is None else _plain(val, "val"),
-            "test": None if test is None else _plain(test, "test"),
-            "predict": None if predict is None else _plain(predict, "predict"),
-            "predict_path": None if predict_path is None else _plain(predict_path, "predict_path"),
+            "dataset": None if dataset is None else plain_source(dataset, "dataset"),
+            "train": None if train is None else plain_train(train),
+            "val": None if val is None else plain_source(val, "val"),
+            "test": None if test is None else plain_source(test, "test"),
+            "predict": None if predict is None else plain_source(predict, "predict"),
+            "predict_path": (
+                None if predict_path is None else plain_source(predict_path, "predict_path")
+            ),
         }
         # Plain data only: checkpoints load with weights_only=True, which refuses Path objects.
         self.hparams.update(plain)
@@ -313,50 +261,21 @@ class AtomsDataModule(SkipsTransferWhenThere):
         self.hparams["radius_graph"] = _radius_graph_settings(transform) or _radius_graph_settings(
             pre_transform
         )
-        self._check_form(plain, split=split, split_column=split_column)
-        fractions = tuple(float(f) for f in (split if split is not None else _DEFAULT_SPLIT))
-        if (
-            len(fractions) != 3
-            or not all(0.0 <= f <= 1.0 for f in fractions)
-            or sum(fractions) > 1.0 + 1e-9
-        ):
-            raise ValueError(
-                f"AtomsDataModule(split={split!r}): expected three fractions (train, val, "
-                "test), each in [0, 1], summing to at most 1"
-            )
-        for name, value in (
-            ("batch_size", batch_size),
-            ("max_atoms", max_atoms),
-            ("max_edges", max_edges),
-            ("mixture_samples", mixture_samples),
-        ):
-            if value is not None and value < 1:
-                raise ValueError(f"AtomsDataModule({name}={value}): must be at least 1")
-        if num_workers < 0:
-            raise ValueError(f"AtomsDataModule(num_workers={num_workers}): must be at least 0")
-        if max_edges is not None and self.hparams["radius_graph"] is None:
-            raise ValueError(
-                f"AtomsDataModule(max_edges={max_edges}): edges are counted on the neighbour "
-                "graph; add a PeriodicRadiusGraph to transform or pre_transform (or give "
-                "max_atoms instead)"
-            )
-        self._check_mixture(plain["train"], mixture_weights, mixture_temperature, mixture_samples)
+        check_form(plain, split=split, split_column=split_column)
+        fractions = split_fractions(split)
+        check_loader_arguments(
+            batch_size=batch_size,
+            max_atoms=max_atoms,
+            max_edges=max_edges,
+            mixture_samples=mixture_samples,
+            num_workers=num_workers,
+            radius_graph=self.hparams["radius_graph"],
+        )
+        check_mixture(plain["train"], mixture_weights, mixture_temperature, mixture_samples)
         self._one_file = plain["dataset"] is not None
-        self._sources: dict[str, Any] = {
-            name: plain[name] for name in ("dataset", "train", "val", "test") if plain[name]
-        }
-        predict_source = plain["predict"] if plain["predict"] is not None else plain["predict_path"]
-        if predict_source is not None:
-            self._sources["predict"] = predict_source
-        for name, source in self._sources.items():
-            argument = "predict_path" if name == "predict" and predict is None else name
-            if isinstance(source, dict):
-                for part, value in source.items():
-                    _check_paths(f"{argument}[{part!r}]", value)
-            else:
-                _check_paths(argument, source)
+        self._sources: dict[str, Any] = sources_of(plain)
         self.path = plain["dataset"] if self._one_file else plain["train"]
-        self.predict_path = predict_source
+        self.predict_path = self._sources.get("predict")
         self.keys = None if keys is None else list(keys)
         self.key_map = None if key_map is None else dict(key_map)
         self.transform = transform
@@ -379,89 +298,9 @@ class AtomsDataModule(SkipsTransferWhenThere):
         self._opened: dict[str, Dataset[Data]] = {}
         self._edge_counts: dict[str, NDArray[np.int64]] = {}
 
-    @staticmethod
-    def _check_form(
-        plain: Mapping[str, Any], *, split: Sequence[float] | None, split_column: str | None
-    ) -> None:
-        """One of the two forms, complete; ``predict`` or its old name, not both."""
-        separate = [name for name in ("train", "val", "test") if plain[name] is not None]
-        if plain["dataset"] is not None and separate:
-            raise ValueError(
-                f"AtomsDataModule(dataset=..., {'=..., '.join(separate)}=...): give one file to "
-                "split (dataset=, with split= or split_column=) or separate sources (train=, "
-                "val=, test=), not both"
-            )
-        if plain["dataset"] is None:
-            if plain["train"] is None or plain["val"] is None:
-                given = ", ".join(f"{name}=..." for name in separate) or "no data"
-                raise ValueError(
-                    f"AtomsDataModule({given}): give train= and val= (and optionally test=), "
-                    "or one file to split as dataset="
-                )
-            if split is not None or split_column is not None:
-                raise ValueError(
-                    "AtomsDataModule(train=..., split/split_column=...): split= and "
-                    "split_column= split the one file of dataset=; separate sources need none"
-                )
-        if split is not None and split_column is not None:
-            raise ValueError(
-                f"AtomsDataModule(split={split!r}, split_column={split_column!r}): give "
-                "fractions or a split column, not both"
-            )
-        if plain["predict"] is not None and plain["predict_path"] is not None:
-            raise ValueError(
-                "AtomsDataModule(predict=..., predict_path=...): predict_path is the old name "
-                "of predict; give one of them"
-            )
-
-    @staticmethod
-    def _check_mixture(
-        train: Any,
-        weights: MixtureWeights | None,
-        temperature: float | None,
-        samples: int | None,
-    ) -> None:
-        if weights is None:
-            if temperature is not None or samples is not None:
-                raise ValueError(
-                    "AtomsDataModule(mixture_temperature=/mixture_samples=...): these set up a "
-                    "mixture; give mixture_weights too"
-                )
-            return
-        if not isinstance(train, dict):
-            raise ValueError(
-                f"AtomsDataModule(mixture_weights={weights!r}): a mixture needs several named "
-                "training sources, train={name: source, ...}"
-            )
-        if isinstance(weights, Mapping):
-            if set(weights) != set(train):
-                raise ValueError(
-                    f"AtomsDataModule(mixture_weights={dict(weights)!r}): expected one weight "
-                    f"for each training source {list(train)}"
-                )
-            if any(not w >= 0 for w in weights.values()) or not sum(weights.values()) > 0:
-                raise ValueError(
-                    f"AtomsDataModule(mixture_weights={dict(weights)!r}): weights must be "
-                    "non-negative with a positive sum"
-                )
-        elif weights not in ("balanced", "temperature"):
-            raise ValueError(
-                f"AtomsDataModule(mixture_weights={weights!r}): expected {{name: weight}}, "
-                "'balanced' or 'temperature'"
-            )
-        if (weights == "temperature") != (temperature is not None):
-            raise ValueError(
-                f"AtomsDataModule(mixture_weights={weights!r}, mixture_temperature="
-                f"{temperature!r}): give a temperature exactly with mixture_weights='temperature'"
-            )
-        if temperature is not None and not temperature > 0:
-            raise ValueError(
-                f"AtomsDataModule(mixture_temperature={temperature}): must be positive"
-            )
-
     # -- opening the sources -----------------------------------------------------------------
 
-    def _open(self, argument: str, source: _PlainSource) -> Dataset[Data]:
+    def _open(self, argument: str, source: PlainSource) -> Dataset[Data]:
         """Open one source; errors name the argument and the source."""
         try:
             opened: Dataset[Data] = open_dataset(
@@ -504,9 +343,13 @@ class AtomsDataModule(SkipsTransferWhenThere):
                 self._open_source("dataset")
                 self.dataset = self._opened["dataset"]
                 self.split_indices = (
-                    self._column_split(self.dataset)
+                    column_split(self.dataset, self.split_column, self.path)
                     if self.split_column is not None
-                    else self._random_split(len(self.dataset))  # type: ignore[arg-type]
+                    else random_split(
+                        len(self.dataset),  # type: ignore[arg-type]
+                        self.fractions,
+                        self.seed,
+                    )
                 )
             if stage == "predict":
                 self._open_source("predict")
@@ -514,32 +357,9 @@ class AtomsDataModule(SkipsTransferWhenThere):
         if stage == "predict":
             self._open_source("predict" if "predict" in self._sources else "test")
             return
-        for name in _SPLITS:
+        for name in SPLITS:
             self._open_source(name)
         self.dataset = self._opened["train"]
-
-    def _random_split(self, length: int) -> dict[str, list[int]]:
-        counts = [math.floor(f * length) for f in self.fractions]
-        if math.isclose(sum(self.fractions), 1.0, abs_tol=1e-9):
-            counts[0] = length - counts[1] - counts[2]
-        order = np.random.default_rng(self.seed).permutation(length).tolist()
-        bounds = np.cumsum([0, *counts]).tolist()
-        return {
-            name: sorted(order[start:stop])
-            for name, start, stop in zip(_SPLITS, bounds[:-1], bounds[1:], strict=True)
-        }
-
-    def _column_split(self, dataset: Any) -> dict[str, list[int]]:
-        assert self.split_column is not None
-        indices: dict[str, list[int]] = {name: [] for name in _SPLITS}
-        for position, value in enumerate(dataset.column(self.split_column)):
-            if value not in indices:
-                raise ValueError(
-                    f"AtomsDataModule(split_column={self.split_column!r}): structure "
-                    f"{position} of {self.path!r} has {value!r}; expected one of {list(_SPLITS)}"
-                )
-            indices[value].append(position)
-        return indices
 
     # -- what each loader reads --------------------------------------------------------------
 
@@ -574,28 +394,20 @@ class AtomsDataModule(SkipsTransferWhenThere):
         if self._one_file and name != "predict":
             assert self.dataset is not None
             positions = np.asarray(self.split_indices[name], dtype=np.int64)
-            counts: NDArray[np.int64] = _atom_counts_of(self.dataset)[positions]
+            counts: NDArray[np.int64] = atom_counts_of(self.dataset)[positions]
             return counts
-        return _atom_counts_of(self._opened[name])
+        return atom_counts_of(self._opened[name])
 
     def _mixture(self) -> DatasetMixture | None:
         """The training mixture over the sources of ``train={name: source}``, if weighted."""
-        weights = self.mixture_weights
-        if weights is None:
+        if self.mixture_weights is None:
             return None
-        train = self._opened["train"]
-        assert isinstance(train, ConcatDataset)
-        sizes = [len(part) for part in train.datasets]  # type: ignore[arg-type]
-        by_name: Sequence[float] | Literal["balanced"] | None = None
-        if isinstance(weights, Mapping):
-            by_name = [float(weights[name]) for name in self._sources["train"]]
-        elif weights == "balanced":
-            by_name = "balanced"
-        return DatasetMixture(
-            sizes,
-            weights=by_name,
+        return training_mixture(
+            self._opened["train"],
+            self._sources["train"],
+            self.mixture_weights,
             temperature=self.mixture_temperature,
-            num_samples=self.mixture_samples,
+            samples=self.mixture_samples,
         )
 
     def _budget(self, name: str, *, shuffle: bool) -> BudgetBatchSampler | None:
@@ -626,28 +438,14 @@ class AtomsDataModule(SkipsTransferWhenThere):
                 f"{self._resolved(name)} data: {error}"
             ) from error
 
-    def _loader(self, dataset: Dataset[Data], **options: Any) -> DataLoader:
-        return ResumableDataLoader(
-            dataset,
+    def _evaluation_loader(self, name: str) -> DataLoader:
+        return evaluation_loader(
+            self._split(name, f"{name}_dataloader"),
+            self._budget(name, shuffle=False),
+            batch_size=self.batch_size,
             seed=self.seed,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0,
-            **options,
-        )
-
-    def _evaluation_loader(self, name: str) -> DataLoader:
-        # Each structure goes to one DDP rank, without padded repeats, in file order (or in
-        # the budget sampler's bucket order).
-        dataset = self._split(name, f"{name}_dataloader")
-        budget = self._budget(name, shuffle=False)
-        if budget is not None:
-            return self._loader(dataset, batch_sampler=budget)
-        return self._loader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=False,
-            sampler=UnpaddedDistributedSampler(dataset),  # type: ignore[arg-type]
         )
 
     @override
@@ -655,13 +453,15 @@ class AtomsDataModule(SkipsTransferWhenThere):
         """Shuffled batches of the training data (by seed and epoch; resumable mid-epoch)."""
         dataset = self._split("train", "train_dataloader")
         budget = self._budget("train", shuffle=True)
-        if budget is not None:
-            return self._loader(dataset, batch_sampler=budget)
-        mixture = self._mixture()
-        if mixture is not None:
-            sampler = MixtureSampler(mixture, seed=self.seed)
-            return self._loader(dataset, batch_size=self.batch_size, sampler=sampler)
-        return self._loader(dataset, batch_size=self.batch_size, shuffle=True)
+        return training_loader(
+            dataset,
+            budget,
+            self._mixture() if budget is None else None,
+            batch_size=self.batch_size,
+            seed=self.seed,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+        )
 
     @override
     def val_dataloader(self) -> DataLoader:
@@ -758,7 +558,7 @@ class AtomsDataModule(SkipsTransferWhenThere):
                 f"seed={self.seed}, {batches})"
             )
         sources = ", ".join(
-            f"{name}={self._sources[name]!r}" for name in (*_SPLITS, "predict")
+            f"{name}={self._sources[name]!r}" for name in (*SPLITS, "predict")
             if name in self._sources
         )  # fmt: skip
         return f"AtomsDataModule({sources}, seed={self.seed}, {batches})"

@@ -22,8 +22,10 @@ from numpy.typing import NDArray
 from torch.utils.data import Dataset
 from torch_geometric.data import Data
 
+from matsci.data._ase_db_dataset import AseDbDataset
 from matsci.data._aselmdb import ASELMDB_SUFFIX
-from matsci.data._datasets import AseDbDataset, ExtxyzDataset, Transform
+from matsci.data._atoms_dataset import Transform
+from matsci.data._extxyz_dataset import ExtxyzDataset
 
 __all__ = ["AtomsDataset", "ShardedDataset", "Source", "open_dataset"]
 
