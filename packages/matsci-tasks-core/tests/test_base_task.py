@@ -14,7 +14,7 @@ from matsci.tasks.core import (
     Embeddings,
     ScalarRegressionTask,
 )
-from matsci.tasks.core._base_task import weighted_sum
+from matsci.tasks.core._loss_weights import weighted_sum
 
 
 def _regression(**kwargs: Any) -> ScalarRegressionTask:

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, ClassVar, Final, Literal, Self
+from typing import Any, ClassVar, Final, Self
 
 import torch
 from torch import Tensor, nn
 from torch_geometric.data import Batch
-from torch_geometric.utils import scatter
 from torchmetrics import MetricCollection
 from typing_extensions import override
 
@@ -20,22 +19,34 @@ from matsci.contract import (
     DatasetStatistics,
     Embeddings,
     build_from_config,
-    keys,
     module_config,
     validate_batch,
 )
-from matsci.heads import OutputHead
-from matsci.tasks.core._checkpoint_io import read_checkpoint
-from matsci.tasks.core._engine import TaskEngine, TaskEntry, weighted_sum
+from matsci.tasks.core._checkpoint_io import encoder_state_dict, read_checkpoint
+from matsci.tasks.core._engine import TaskEngine, TaskEntry
 from matsci.tasks.core._inputs import EncoderInput, InputRequest
-from matsci.tasks.core._masked_loss import MaskedLoss
+from matsci.tasks.core._loss_weights import weighted_sum
+from matsci.tasks.core._masked_loss import MaskedLoss, any_missing, present_mask
 from matsci.tasks.core._normalizer import Normalizer
 from matsci.tasks.core._optim import check_scheduler_kwargs, optimizer_path
-from matsci.tasks.core._task_config import build_encoder, plain_loss_func, plain_output_kwargs
+from matsci.tasks.core._task_arguments import (
+    Reduction,
+    check_keyed,
+    check_reduction,
+    check_task_keys,
+    loss_configs,
+)
+from matsci.tasks.core._task_config import build_encoder, plain_hparams
+from matsci.tasks.core._task_heads import embedding_width, point_head, pool_atoms
+from matsci.tasks.core._task_statistics import (
+    apply_dataset_statistics,
+    build_normalizers,
+    check_fit_keys,
+    fit_normalizer_statistics,
+)
 
-Stage = Literal["train", "val", "test"]
-Reduction = Literal["mean", "sum", "max"]
-_REDUCTIONS: Final = ("mean", "sum", "max")
+__all__ = ["DEFAULT_OUTPUT_KWARGS", "BaseTaskModule"]
+
 _DATASET: Final = "data"
 """The dataset name of a single task (it has one)."""
 _ENCODER: Final = "encoder"
@@ -133,23 +144,27 @@ class BaseTaskModule(TaskEngine):
         super().__init__()
         name = type(self).__name__
         self.encoder, encoder_config = build_encoder(name, encoder, encoder_class, encoder_kwargs)
-        self.task_keys: list[str] = self._check_task_keys(task_keys)
-        self.embedding_reduction_type: Reduction = self._check_reduction(embedding_reduction_type)
-        loss_configs = self._loss_configs(loss_func)
+        self.task_keys: list[str] = check_task_keys(name, task_keys, self.fixed_task_keys)
+        self.embedding_reduction_type: Reduction = check_reduction(
+            name, embedding_reduction_type, self.pools_atom_embeddings
+        )
+        configs = loss_configs(name, loss_func, self.task_keys, self.default_loss_config)
         self.losses = nn.ModuleDict(
             {
-                key: MaskedLoss(
-                    build_from_config(loss_configs[key], nn.Module, argument="loss_func")
-                )
+                key: MaskedLoss(build_from_config(configs[key], nn.Module, argument="loss_func"))
                 for key in self.task_keys
             }
         )
-        self.task_loss_scaling = self._check_keyed(task_loss_scaling, "task_loss_scaling", 1.0)
+        self.task_loss_scaling = check_keyed(
+            name, task_loss_scaling, "task_loss_scaling", 1.0, self.task_keys
+        )
         self.output_kwargs = {**DEFAULT_OUTPUT_KWARGS, **dict(output_kwargs or {})}
         self.output_heads = nn.ModuleDict(
             {key: self.build_head(key, self.output_kwargs) for key in self.head_keys()}
         )
-        self.normalizers = nn.ModuleDict(self._build_normalizers(normalize_kwargs))
+        self.normalizers = nn.ModuleDict(
+            build_normalizers(name, normalize_kwargs, self.task_keys, self.normalizer_dim)
+        )
         self._name = f"{_DATASET}/{name}"
         scheduler_config = check_scheduler_kwargs(scheduler_kwargs)
         self.set_up_engine(
@@ -164,15 +179,14 @@ class BaseTaskModule(TaskEngine):
         # well, so the checkpoint loads with weights_only=True and rebuilds this task.
         self.save_hyperparameters(ignore=["encoder"], logger=False)
         self.save_hyperparameters(
-            {
-                **self.hparams,
-                "encoder_class": None if encoder_config is None else encoder_config["class_path"],
-                "encoder_kwargs": None if encoder_config is None else encoder_config["init_args"],
-                "loss_func": plain_loss_func(loss_func),
-                "optimizer": self.optimizer_path,
-                "scheduler_kwargs": scheduler_config,
-                "output_kwargs": plain_output_kwargs(dict(output_kwargs or {})),
-            }
+            plain_hparams(
+                self.hparams,
+                encoder_config=encoder_config,
+                loss_func=loss_func,
+                optimizer_path=self.optimizer_path,
+                scheduler_config=scheduler_config,
+                output_kwargs=output_kwargs,
+            )
         )
 
     # -- what subclasses define -------------------------------------------------------------
@@ -359,17 +373,7 @@ class BaseTaskModule(TaskEngine):
             return embeddings.system_embedding
         if embeddings.point_embedding is None:
             raise ValueError(f"{type(self).__name__}: the encoder returned neither embedding")
-        index = getattr(batch, keys.BATCH, None)
-        if index is None:
-            return _reduce_all(embeddings.point_embedding, self.embedding_reduction_type)
-        pooled: Tensor = scatter(
-            embeddings.point_embedding,
-            index,
-            dim=0,
-            dim_size=batch.num_graphs,
-            reduce=self.embedding_reduction_type,
-        )
-        return pooled
+        return pool_atoms(embeddings.point_embedding, batch, self.embedding_reduction_type)
 
     @torch.no_grad()
     def predict(self, batch: Batch) -> dict[str, Tensor]:
@@ -424,7 +428,7 @@ class BaseTaskModule(TaskEngine):
         losses: dict[str, Tensor] = {}
         for key in self.task_keys:
             target = targets[key] if targets is not None else self.get_target(batch, key)
-            present = _present(target)
+            present = present_mask(target)
             loss_fn: MaskedLoss = self.losses[key]  # type: ignore[assignment]
             losses[key] = loss_fn(outputs[key], self.loss_target(key, target), present)
         total = weighted_sum([(self.task_loss_scaling[key], losses[key]) for key in self.task_keys])
@@ -447,14 +451,14 @@ class BaseTaskModule(TaskEngine):
         targets
             Targets from :meth:`get_targets`.
         """
-        missing = _any_missing(targets)
+        missing = any_missing(targets)
         for key, target in targets.items():
             prediction = self.metric_inputs(key, outputs[key].detach())
             collection: MetricCollection = collections[key]
             if not missing.get(key, False):
                 self.update_metric(collection, prediction, target)
             else:
-                rows = _present(target).reshape(target.shape[0], -1).all(dim=1)
+                rows = present_mask(target).reshape(target.shape[0], -1).all(dim=1)
                 self.update_metric(collection, prediction[rows], target[rows])
 
     def check_batch(self, batch: Batch, *, with_targets: bool = True) -> None:
@@ -508,13 +512,7 @@ class BaseTaskModule(TaskEngine):
             If a key is not normalized by this task, or a key has no present value.
         """
         fit_keys = self._keys_to_fit(keys_to_fit, "fit_normalizers")
-        for key in fit_keys:
-            self.normalizers[key].reset_statistics()  # type: ignore[operator]
-        for batch in batches:
-            for key in fit_keys:
-                self.normalizers[key].update(self.get_target(batch, key))  # type: ignore[operator]
-        for key in fit_keys:
-            self.normalizers[key].finalize()  # type: ignore[operator]
+        fit_normalizer_statistics(self._normalizers(), fit_keys, batches, self.get_target)
 
     @torch.no_grad()
     def apply_statistics(
@@ -540,121 +538,16 @@ class BaseTaskModule(TaskEngine):
         ValueError
             If a key is not normalized by this task or the statistics lack it.
         """
-        for key in self._keys_to_fit(keys_to_apply, "apply_statistics"):
-            if key not in statistics.mean or key not in statistics.std:
-                raise ValueError(
-                    f"{type(self).__name__}.apply_statistics: the statistics have no {key!r}; "
-                    f"they hold {sorted(statistics.mean)} (compute them with keys=[{key!r}, ...])"
-                )
-            normalizer: Normalizer = self.normalizers[key]  # type: ignore[assignment]
-            normalizer.load_statistics(
-                statistics.mean[key], statistics.std[key], statistics.count.get(key)
-            )
+        apply = self._keys_to_fit(keys_to_apply, "apply_statistics")
+        apply_dataset_statistics(type(self).__name__, self._normalizers(), apply, statistics)
 
     def _keys_to_fit(self, keys_to_fit: Sequence[str] | None, caller: str) -> list[str]:
-        fit_keys = list(keys_to_fit) if keys_to_fit is not None else list(self.normalizers)
-        for key in fit_keys:
-            if key not in self.normalizers:
-                raise ValueError(
-                    f"{type(self).__name__}.{caller}: {key!r} is not normalized by this "
-                    f"task; normalized keys: {list(self.normalizers)}"
-                )
-        return fit_keys
+        return check_fit_keys(type(self).__name__, self.normalizers, keys_to_fit, caller)
 
-    def _build_normalizers(
-        self, normalize_kwargs: Mapping[str, Mapping[str, Any]] | None
-    ) -> dict[str, Normalizer]:
-        given = dict(normalize_kwargs or {})
-        unknown = set(given) - set(self.task_keys)
-        if unknown:
-            raise ValueError(
-                f"{type(self).__name__}(normalize_kwargs): unknown keys {sorted(unknown)}; "
-                f"task keys are {self.task_keys}"
-            )
-        normalizers: dict[str, Normalizer] = {}
-        for key in self.task_keys:
-            dim = self.normalizer_dim(key)
-            if dim is None:
-                if key in given:
-                    raise ValueError(
-                        f"{type(self).__name__}(normalize_kwargs): key {key!r} is not normalized "
-                        "by this task"
-                    )
-                continue
-            stats = dict(given.get(key, {}))
-            if set(stats) - {"mean", "std"}:
-                raise ValueError(
-                    f"{type(self).__name__}(normalize_kwargs[{key!r}]): expected keys 'mean' and "
-                    f"'std', got {sorted(stats)}"
-                )
-            normalizers[key] = Normalizer(dim, mean=stats.get("mean"), std=stats.get("std"))
-        return normalizers
+    def _normalizers(self) -> dict[str, Normalizer]:
+        return {key: normalizer for key, normalizer in self.normalizers.items()}  # type: ignore[misc]
 
     # -- construction helpers ------------------------------------------------------------------
-
-    def _check_reduction(self, reduction: Reduction | None) -> Reduction:
-        name = type(self).__name__
-        if reduction is not None and not self.pools_atom_embeddings:
-            raise ValueError(
-                f"{name}(embedding_reduction_type={reduction!r}): this task's heads read atom "
-                "embeddings and pool nothing; leave embedding_reduction_type unset"
-            )
-        if reduction is not None and reduction not in _REDUCTIONS:
-            raise ValueError(
-                f"{name}(embedding_reduction_type={reduction!r}): expected one of {_REDUCTIONS}"
-            )
-        return "mean" if reduction is None else reduction
-
-    def _check_task_keys(self, task_keys: Sequence[str] | None) -> list[str]:
-        name = type(self).__name__
-        fixed = self.fixed_task_keys
-        if fixed is not None:
-            if task_keys is not None and list(task_keys) != list(fixed):
-                raise ValueError(f"{name}(task_keys={task_keys!r}): the only key is {list(fixed)}")
-            task_keys = list(fixed)
-        if task_keys is None or isinstance(task_keys, str) or len(task_keys) == 0:
-            raise ValueError(f"{name}(task_keys={task_keys!r}): expected a non-empty list of keys")
-        ordered = list(task_keys)
-        duplicates = sorted({key for key in ordered if ordered.count(key) > 1})
-        if duplicates:
-            raise ValueError(f"{name}(task_keys): duplicate keys {duplicates}")
-        return ordered
-
-    def _check_keyed(
-        self, values: Mapping[str, float] | None, argument: str, default: float
-    ) -> dict[str, float]:
-        given = dict(values or {})
-        unknown = set(given) - set(self.task_keys)
-        if unknown:
-            raise ValueError(
-                f"{type(self).__name__}({argument}): keys {sorted(unknown)} are not task keys "
-                f"{self.task_keys}"
-            )
-        return {key: float(given.get(key, default)) for key in self.task_keys}
-
-    def _loss_configs(self, loss_func: Any) -> dict[str, ClassConfig]:
-        name = type(self).__name__
-        per_key = isinstance(loss_func, Mapping) and "class_path" not in loss_func
-        if loss_func is None:
-            return {key: self.default_loss_config(key) for key in self.task_keys}
-        if not per_key:
-            config = module_config(
-                loss_func, nn.Module, argument="loss_func", default_module="torch.nn"
-            )
-            return {key: config for key in self.task_keys}
-        missing = [key for key in self.task_keys if key not in loss_func]
-        extra = [key for key in loss_func if key not in self.task_keys]
-        if missing or extra:
-            raise ValueError(
-                f"{name}(loss_func): keys without a loss {missing}, losses without a key {extra}; "
-                f"task keys are {self.task_keys}"
-            )
-        return {
-            key: module_config(
-                loss_func[key], nn.Module, argument=f"loss_func[{key!r}]", default_module="torch.nn"
-            )
-            for key in self.task_keys
-        }
 
     def default_loss_config(self, key: str) -> ClassConfig:
         """The loss of ``key`` when ``loss_func`` is not given: :attr:`default_loss`.
@@ -677,11 +570,7 @@ class BaseTaskModule(TaskEngine):
         int
             The width.
         """
-        width: Any = getattr(self.encoder, "system_embedding_dim", None)
-        width = width if width is not None else self.encoder.embedding_dim
-        if isinstance(width, int):
-            return width
-        return int(sum(mul for mul, ir in width if str(ir) == "0e"))
+        return embedding_width(self.encoder)
 
     def point_head(self, output_dim: int, output_kwargs: Mapping[str, Any]) -> nn.Module:
         """A head on the atom embeddings with ``output_dim`` outputs per atom (1 or 3).
@@ -710,26 +599,7 @@ class BaseTaskModule(TaskEngine):
         ValueError
             If irreps heads are asked for another ``output_dim``.
         """
-        width: Any = self.encoder.embedding_dim
-        if isinstance(width, int):
-            return OutputHead(output_dim, input_dim=width, **output_kwargs)
-        if output_dim not in (1, 3):
-            raise ValueError(
-                f"{type(self).__name__}: irreps heads give 1 scalar or 3 vector components per "
-                f"atom, not {output_dim}"
-            )
-        options = dict(output_kwargs)
-        # No norm unless asked for: e3nn's batch norm in training mode normalizes per-atom
-        # energies across the batch, which makes forces (their gradients) vanish.
-        if options.get("norm") is None:
-            options["norm"] = False
-        hidden = int(options.pop("hidden_dim", 128))
-        hidden_irreps = options.pop("hidden_irreps", f"{hidden}x0e+{max(hidden // 4, 1)}x1o")
-        head = OutputHead(
-            "1x0e" if output_dim == 1 else "1x1o", hidden_irreps, input_dim=width,
-            block_type="IrrepOutputBlock", **options,
-        )  # fmt: skip
-        return head
+        return point_head(type(self).__name__, self.encoder, output_dim, output_kwargs)
 
     # -- checkpoints ---------------------------------------------------------------------------
 
@@ -770,42 +640,8 @@ class BaseTaskModule(TaskEngine):
             task_kwargs["encoder_class"] = hparams.get("encoder_class")
             task_kwargs["encoder_kwargs"] = hparams.get("encoder_kwargs")
         task = cls(**task_kwargs)
-        prefix = "encoder."
-        encoder_state = {
-            name.removeprefix(prefix): value
-            for name, value in state["state_dict"].items()
-            if name.startswith(prefix)
-        }
-        if not encoder_state:
-            raise ValueError(
-                f"{cls.__name__}.from_pretrained_encoder: no encoder weights in {checkpoint}"
-            )
+        encoder_state = encoder_state_dict(
+            state, source=checkpoint, caller=f"{cls.__name__}.from_pretrained_encoder"
+        )
         task.encoder.load_state_dict(encoder_state, strict=True)
         return task
-
-
-def _any_missing(targets: Mapping[str, Tensor]) -> dict[str, bool]:
-    """Whether each float target has a NaN, read from the device in one transfer.
-
-    Integer targets are never missing and cost nothing; float targets cost one host
-    synchronization per step in all (metrics need the present rows, whose number is data).
-    """
-    floats = [key for key, target in targets.items() if target.is_floating_point()]
-    if not floats:
-        return {}
-    flags = torch.stack([torch.isnan(targets[key]).any() for key in floats]).tolist()
-    return dict(zip(floats, flags, strict=True))
-
-
-def _present(target: Tensor) -> Tensor:
-    if target.is_floating_point():
-        return target == target  # False exactly at NaN; one operation instead of ~isnan
-    return torch.ones_like(target, dtype=torch.bool)
-
-
-def _reduce_all(values: Tensor, reduction: Reduction) -> Tensor:
-    if reduction == "mean":
-        return values.mean(dim=0, keepdim=True)
-    if reduction == "sum":
-        return values.sum(dim=0, keepdim=True)
-    return values.amax(dim=0, keepdim=True)

@@ -3,7 +3,8 @@
 A truncated or foreign file becomes one ``ValueError`` that names it (:func:`read_checkpoint`,
 :func:`checkpoint_errors`); :func:`load_checkpoint_with_weights` is the one path behind every
 task's ``load_from_checkpoint``. Writing checkpoints atomically is ``matsci.training``'s
-``AtomicCheckpointIO``.
+``AtomicCheckpointIO``. :func:`encoder_state_dict` takes the encoder's weights out of a task's
+checkpoint, for a new task built around a pretrained encoder.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import contextlib
 import os
 import pickle
 import zipfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any, Final, Literal, TypeVar
 
@@ -22,6 +23,7 @@ __all__ = [
     "RAW_WEIGHTS_KEY",
     "Weights",
     "checkpoint_errors",
+    "encoder_state_dict",
     "load_checkpoint_with_weights",
     "read_checkpoint",
 ]
@@ -197,3 +199,45 @@ def load_checkpoint_with_weights(
         strict = load_kwargs.get("strict")
         module.load_state_dict(raw, strict=True if strict is None else strict)
     return module
+
+
+def encoder_state_dict(
+    checkpoint: Mapping[str, Any], *, source: Any, caller: str
+) -> dict[str, Any]:
+    """The encoder's weights in a task checkpoint, without their leading ``encoder.``.
+
+    Only that prefix is removed, so the names are those of the encoder's own ``state_dict``.
+
+    Parameters
+    ----------
+    checkpoint
+        A checkpoint read by :func:`read_checkpoint` (with a ``"state_dict"``).
+    source
+        Where the checkpoint came from (named in the error).
+    caller
+        Who reads (starts the error message).
+
+    Returns
+    -------
+    dict
+        ``{name: tensor}``.
+
+    Raises
+    ------
+    ValueError
+        If the checkpoint holds no encoder weights.
+
+    Examples
+    --------
+    >>> encoder_state_dict({"state_dict": {"encoder.w": 1, "head.w": 2}}, source="x", caller="c")
+    {'w': 1}
+    """
+    prefix = "encoder."
+    state = {
+        name.removeprefix(prefix): value
+        for name, value in checkpoint["state_dict"].items()
+        if name.startswith(prefix)
+    }
+    if not state:
+        raise ValueError(f"{caller}: no encoder weights in {source}")
+    return state

@@ -11,8 +11,7 @@ losses, metrics, predictions) lives in the task and is called from here.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, Self, cast
+from typing import Any, Final, Self
 
 import lightning.pytorch as pl
 import torch
@@ -26,17 +25,24 @@ from matsci.tasks.core._checkpoint_io import Weights, load_checkpoint_with_weigh
 from matsci.tasks.core._epoch_means import (
     EpochMeans,
     PendingMetricInputs,
-    attached_trainer,
     log_epoch_metrics,
     log_training_epoch,
     log_training_step,
 )
-from matsci.tasks.core._inputs import InputRequest, gradients_enabled, prepare_encoder_input
-from matsci.tasks.core._loss_weights import LossWeightSchedule
+from matsci.tasks.core._inputs import gradients_enabled, prepare_encoder_input
+from matsci.tasks.core._loss_weights import LossWeightSchedule, weighted_sum
 from matsci.tasks.core._optim import optimization_config
+from matsci.tasks.core._stage_logging import (
+    Stage,
+    log_eval_losses,
+    log_eval_step_losses,
+    stage_metrics,
+    train_value_names,
+    train_value_weights,
+)
+from matsci.tasks.core._task_entry import TaskEntry, place_batches, view_groups
 
-if TYPE_CHECKING:
-    from matsci.tasks.core._base_task import BaseTaskModule, Stage
+__all__ = ["CHECKPOINT_RECORD", "STAGES", "TaskEngine", "TaskEntry"]
 
 STAGES: Final[tuple[Stage, ...]] = ("train", "val", "test")
 _EVAL_STAGES: Final[tuple[Stage, ...]] = ("val", "test")
@@ -44,34 +50,6 @@ _EVAL_STAGES: Final[tuple[Stage, ...]] = ("val", "test")
 CHECKPOINT_RECORD: Final = "matsci"
 """Checkpoint key of the record the engine writes: ``{"model_class": "<dotted class path>"}``,
 so a reader knows which class restores the checkpoint without guessing from its contents."""
-
-
-@dataclass(frozen=True)
-class TaskEntry:
-    """One task of an engine: the dataset it trains on, its name and where its values are logged.
-
-    Attributes
-    ----------
-    dataset
-        Name of the dataset whose batches the task reads.
-    name
-        ``"<dataset>/<task>"``, unique in the engine.
-    task
-        The task (for a single task, the engine itself).
-    log_prefix
-        Put between the stage and the key in logged names: ``""`` for a single task, so its
-        values are ``val/<key>/mae``; ``"<dataset>/<task>/"`` in multi-task training.
-    """
-
-    dataset: str
-    name: str
-    task: BaseTaskModule
-    log_prefix: str
-
-    @property
-    def slot(self) -> str:
-        """A module-dict key for the task (``.`` is not allowed there)."""
-        return self.name.replace("/", "__")
 
 
 class TaskEngine(pl.LightningModule):
@@ -136,7 +114,7 @@ class TaskEngine(pl.LightningModule):
         self.loss_weight_schedules = dict(loss_weight_schedules or {})
         self.group_lr = dict(group_lr or {})
         self.metrics = nn.ModuleDict(
-            {f"{stage}_metrics": self._stage_metrics(stage) for stage in STAGES}
+            {f"{stage}_metrics": stage_metrics(self.task_entries, stage) for stage in STAGES}
         )
         self.eval_losses = nn.ModuleDict(
             {
@@ -149,8 +127,8 @@ class TaskEngine(pl.LightningModule):
         by_dataset: dict[str, list[TaskEntry]] = {}
         for entry in self.task_entries:
             by_dataset.setdefault(entry.dataset, []).append(entry)
-        self._views = {dataset: _view_groups(group) for dataset, group in by_dataset.items()}
-        self._train_means = EpochMeans(self._train_value_names())
+        self._views = {dataset: view_groups(group) for dataset, group in by_dataset.items()}
+        self._train_means = EpochMeans(train_value_names(self.task_entries, self.is_multitask))
         self._pending_train_metrics = {entry.name: PendingMetricInputs() for entry in entries}
         self._checked: set[tuple[str, str]] = set()
 
@@ -179,32 +157,6 @@ class TaskEngine(pl.LightningModule):
                 return entry
         known = [entry.name for entry in self.task_entries]
         raise KeyError(f"{type(self).__name__}: no task {name!r}; tasks are {known}")
-
-    def _train_value_names(self) -> list[str]:
-        names = ["train/loss"]
-        if self.is_multitask:
-            names += [f"train/{entry.log_prefix}loss" for entry in self.task_entries]
-        names += [
-            f"train/{entry.log_prefix}{key}/loss"
-            for entry in self.task_entries
-            for key in entry.task.task_keys
-        ]
-        return names
-
-    def _stage_metrics(self, stage: Stage) -> nn.ModuleDict:
-        return nn.ModuleDict(
-            {
-                entry.slot: nn.ModuleDict(
-                    {
-                        key: entry.task.build_metrics(key).clone(
-                            prefix=f"{stage}/{entry.log_prefix}{key}/"
-                        )
-                        for key in entry.task.task_keys
-                    }
-                )
-                for entry in self.task_entries
-            }
-        )
 
     def metric_collections(self, stage: Stage, name: str) -> Mapping[str, MetricCollection]:
         """``{key: MetricCollection}`` of one task in one stage."""
@@ -268,31 +220,7 @@ class TaskEngine(pl.LightningModule):
         ValueError
             For batches of unknown datasets, or a plain batch that cannot be placed.
         """
-        if isinstance(batch, Mapping):
-            unknown = [name for name in batch if name not in self._views]
-            if unknown:
-                raise ValueError(
-                    f"{type(self).__name__}: batches for unknown datasets {unknown}; datasets "
-                    f"with tasks are {self.dataset_names}"
-                )
-            return {name: value for name, value in batch.items() if value is not None}
-        if len(self._views) == 1:
-            return {self.dataset_names[0]: batch}
-        trainer = attached_trainer(self)
-        loaders = None
-        if trainer is not None and dataloader_idx is not None:
-            loaders = {
-                "val": trainer.val_dataloaders,
-                "test": trainer.test_dataloaders,
-                "predict": trainer.predict_dataloaders,
-            }.get(stage)
-        if isinstance(loaders, Mapping) and dataloader_idx is not None:
-            return {str(list(loaders)[dataloader_idx]): batch}
-        raise ValueError(
-            f"{type(self).__name__}: a {stage} batch without its dataset name; with several "
-            f"datasets give batches as {{dataset: batch}} or loaders as a dict keyed by "
-            f"{self.dataset_names}"
-        )
+        return place_batches(self, batch, self.dataset_names, dataloader_idx, stage)
 
     def loss_weight(self, name: str) -> float:
         """The weight of a task's loss at the current step: its scaling times its schedule."""
@@ -423,7 +351,8 @@ class TaskEngine(pl.LightningModule):
                 if self._pending_train_metrics[entry.name].add(task_outputs, targets):
                     self._flush_train_metrics(entry)
             else:
-                self._log_eval_losses_of_step(entry, stage, task_total, losses, data)
+                log_eval_step_losses(self, self._eval_loss(stage, entry), entry, stage, task_total,
+                                     losses, int(data.num_graphs))  # fmt: skip
                 entry.task.feed_metrics(
                     self.metric_collections(stage, entry.name), task_outputs, targets
                 )
@@ -440,33 +369,9 @@ class TaskEngine(pl.LightningModule):
         if training:
             values = [total, *(task_totals if self.is_multitask else []), *key_losses]
             sizes = {name: float(data.num_graphs) for name, data in by_dataset.items()}
-            log_training_step(self, self._train_means, values, self._value_weights(sizes))
+            weights = train_value_weights(self.task_entries, sizes, self.is_multitask)
+            log_training_step(self, self._train_means, values, weights)
         return total
-
-    def _value_weights(self, sizes: Mapping[str, float]) -> list[float]:
-        """Batch-size weights of the logged training values (the order of the names)."""
-        weights = [sum(sizes.values())]
-        per_task = [sizes.get(entry.dataset, 0.0) for entry in self.task_entries]
-        if self.is_multitask:
-            weights += per_task
-        for entry, size in zip(self.task_entries, per_task, strict=True):
-            weights += [size] * len(entry.task.task_keys)
-        return weights
-
-    def _log_eval_losses_of_step(
-        self,
-        entry: TaskEntry,
-        stage: Stage,
-        task_total: Tensor,
-        losses: Mapping[str, Tensor],
-        data: Batch,
-    ) -> None:
-        batch_size = int(data.num_graphs)
-        self._eval_loss(stage, entry).update(task_total.detach(), weight=batch_size)
-        for key, value in losses.items():
-            self.log(f"{stage}/{entry.log_prefix}{key}/loss", value, sync_dist=True,
-                     batch_size=rank_average_weight(batch_size), on_step=False, on_epoch=True,
-                     add_dataloader_idx=False)  # fmt: skip
 
     def _check_first_batches(self, by_dataset: Mapping[str, Batch], stage: str) -> None:
         # Checked on the first batch of each stage: later batches come from the same pipeline.
@@ -498,19 +403,8 @@ class TaskEngine(pl.LightningModule):
         )
 
     def _log_eval_losses(self, stage: Stage) -> None:
-        total: Tensor | None = None
-        for entry in self.task_entries:
-            metric = self._eval_loss(stage, entry)
-            if not metric.update_called:
-                continue
-            value = metric.compute()  # reduced over DDP ranks by torchmetrics
-            metric.reset()
-            if self.is_multitask:
-                self.log(f"{stage}/{entry.log_prefix}loss", value)
-            weighted = self.loss_weight(entry.name) * value
-            total = weighted if total is None else total + weighted
-        if total is not None:
-            self.log(f"{stage}/loss", total, prog_bar=True)
+        metrics = [(entry, self._eval_loss(stage, entry)) for entry in self.task_entries]
+        log_eval_losses(self, stage, metrics, self.loss_weight, self.is_multitask)
 
     # -- checkpoints ------------------------------------------------------------------------
 
@@ -567,47 +461,3 @@ class TaskEngine(pl.LightningModule):
             hparams_file=hparams_file, strict=strict, weights_only=weights_only, **kwargs,
         )  # fmt: skip
         return module
-
-
-def _view_groups(entries: Sequence[TaskEntry]) -> list[tuple[InputRequest, list[TaskEntry]]]:
-    """Tasks of one dataset grouped by the positions they read: one encoder pass per group."""
-    groups: dict[str, list[TaskEntry]] = {}
-    for entry in entries:
-        groups.setdefault(entry.task.input_request().view, []).append(entry)
-    return [
-        (InputRequest.merge(entry.task.input_request() for entry in group), group)
-        for group in groups.values()
-    ]
-
-
-def rank_average_weight(batch_size: int) -> int:
-    """The ``batch_size`` to give ``self.log`` for a value averaged over DDP ranks: a float.
-
-    Lightning 2.6 sums the logged batch sizes in an integer tensor and floors its average over
-    ranks, which inflates ``sync_dist`` means when the ranks saw different numbers of
-    structures (Lightning issue #21859; evaluation shards without padding do). A float count
-    keeps the average exact; Lightning only ever adds and divides it.
-    """
-    return cast(int, float(batch_size))
-
-
-def weighted_sum(terms: Sequence[tuple[float, Tensor]]) -> Tensor:
-    """``sum(weight * value)``, without the operations that cannot change it.
-
-    A weight of exactly 1 is not multiplied and a single term is not stacked and summed; both
-    give the same number bit for bit (a weight of 0 is kept: it turns NaN into NaN, not 0).
-
-    Parameters
-    ----------
-    terms
-        ``(weight, value)`` pairs, each value a scalar tensor.
-
-    Returns
-    -------
-    Tensor
-        The weighted sum, a scalar.
-    """
-    values = [value if weight == 1.0 else weight * value for weight, value in terms]
-    if len(values) == 1:
-        return values[0]
-    return torch.stack(values).sum()

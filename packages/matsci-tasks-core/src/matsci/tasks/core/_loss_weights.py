@@ -1,4 +1,7 @@
-"""Loss-weight schedules: a task's weight in the multi-task loss as a function of the step."""
+"""Loss weights: a task's weight in the multi-task loss as a function of the step, and the sum.
+
+:class:`LossWeightSchedule` gives a weight per step; :func:`weighted_sum` adds weighted losses.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +10,11 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+__all__ = ["LossWeightSchedule", "ScheduleKind", "weighted_sum"]
 
 ScheduleKind = Literal["constant", "linear", "cosine", "step"]
 _KINDS = ("constant", "linear", "cosine", "step")
@@ -144,3 +152,31 @@ def _sequence(value: Any, argument: str) -> Sequence[Any]:
     if isinstance(value, str) or not isinstance(value, Sequence):
         raise ValueError(f"{argument}: expected a list, got {value!r}")
     return value
+
+
+def weighted_sum(terms: Sequence[tuple[float, Tensor]]) -> Tensor:
+    """``sum(weight * value)``, without the operations that cannot change it.
+
+    A weight of exactly 1 is not multiplied and a single term is not stacked and summed; both
+    give the same number bit for bit (a weight of 0 is kept: it turns NaN into NaN, not 0).
+
+    Parameters
+    ----------
+    terms
+        ``(weight, value)`` pairs, each value a scalar tensor.
+
+    Returns
+    -------
+    Tensor
+        The weighted sum, a scalar.
+
+    Examples
+    --------
+    >>> import torch
+    >>> weighted_sum([(1.0, torch.tensor(2.0)), (0.5, torch.tensor(4.0))])
+    tensor(4.)
+    """
+    values = [value if weight == 1.0 else weight * value for weight, value in terms]
+    if len(values) == 1:
+        return values[0]
+    return torch.stack(values).sum()

@@ -1,12 +1,18 @@
-"""Losses that leave out missing targets (NaN) instead of letting them poison the batch."""
+"""Losses that leave out missing targets (NaN) instead of letting them poison the batch.
+
+:func:`present_mask` and :func:`any_missing` say which targets are present, for the losses and
+for the metrics (which see only the rows whose target is present).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional
+
+__all__ = ["MaskedLoss", "any_missing", "present_mask"]
 
 _SummedLoss = Callable[[nn.Module, Tensor, Tensor], Tensor]
 
@@ -120,3 +126,38 @@ class MaskedLoss(nn.Module):
         if self.reduction == "sum":
             return total
         return total / present.sum().clamp_min(1)
+
+
+def present_mask(target: Tensor) -> Tensor:
+    """Boolean mask of the entries of ``target`` that are present (not NaN).
+
+    Integer targets are always present.
+
+    Examples
+    --------
+    >>> import torch
+    >>> present_mask(torch.tensor([1.0, float("nan")])).tolist()
+    [True, False]
+    """
+    if target.is_floating_point():
+        return target == target  # False exactly at NaN; one operation instead of ~isnan
+    return torch.ones_like(target, dtype=torch.bool)
+
+
+def any_missing(targets: Mapping[str, Tensor]) -> dict[str, bool]:
+    """Whether each float target has a NaN, read from the device in one transfer.
+
+    Integer targets are never missing and cost nothing; float targets cost one host
+    synchronization per step in all (metrics need the present rows, whose number is data).
+
+    Examples
+    --------
+    >>> import torch
+    >>> any_missing({"a": torch.tensor([float("nan")]), "b": torch.tensor([1])})
+    {'a': True}
+    """
+    floats = [key for key, target in targets.items() if target.is_floating_point()]
+    if not floats:
+        return {}
+    flags = torch.stack([torch.isnan(targets[key]).any() for key in floats]).tolist()
+    return dict(zip(floats, flags, strict=True))

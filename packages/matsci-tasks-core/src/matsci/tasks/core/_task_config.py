@@ -126,3 +126,44 @@ def plain_output_kwargs(output_kwargs: dict[str, Any]) -> dict[str, Any]:
         else:
             plain[name] = to_plain(value, argument=f"output_kwargs[{name!r}]")
     return plain
+
+
+def plain_hparams(
+    hparams: Mapping[str, Any],
+    *,
+    encoder_config: ClassConfig | None,
+    loss_func: Any,
+    optimizer_path: str,
+    scheduler_config: Mapping[str, Any] | None,
+    output_kwargs: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """The task's recorded arguments with those that are not plain data in their plain form.
+
+    Each replacement is an argument the constructor takes as well, so the checkpoint loads
+    with ``weights_only=True`` and rebuilds the same task.
+
+    Parameters
+    ----------
+    hparams
+        The arguments Lightning recorded (the subclass's too).
+    encoder_config
+        The encoder's description from :func:`build_encoder`, or ``None``.
+    loss_func, output_kwargs
+        The task's arguments as given.
+    optimizer_path, scheduler_config
+        The resolved optimizer path and checked schedule.
+
+    Returns
+    -------
+    dict
+        The arguments to record.
+    """
+    return {
+        **hparams,
+        "encoder_class": None if encoder_config is None else encoder_config["class_path"],
+        "encoder_kwargs": None if encoder_config is None else encoder_config["init_args"],
+        "loss_func": plain_loss_func(loss_func),
+        "optimizer": optimizer_path,
+        "scheduler_kwargs": scheduler_config,
+        "output_kwargs": plain_output_kwargs(dict(output_kwargs or {})),
+    }
