@@ -15,7 +15,9 @@
    example configs do: the structures and their graphs are read once, in ``setup`` (timed
    apart), and the loader only collates.
 
-Run: ``uv run python benchmarks/data_throughput.py [--quick]``.
+Run: ``uv run python benchmarks/data_throughput.py [--quick]``. The same pipeline on large data
+(ASE-LMDB shard folders and extxyz files of 10^4 to 10^6 structures: start-up, reads per
+worker, memory against dataset size, data wait) is measured by ``data_at_scale.py``.
 """
 
 from __future__ import annotations
