@@ -13,13 +13,13 @@ one on rank 1). One training step sees an infinite target on rank 1 only: both r
 """
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from torchrun_helpers import rank_records, run_two_processes
 
 HERE = Path(__file__).parent
 ROOT = HERE.parent
@@ -68,23 +68,7 @@ def _val_sets() -> dict[str, list[Any]]:
 
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("ddp")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-        __file__, str(out),
-    ]  # fmt: skip
-    result = subprocess.run(
-        command, cwd=HERE, env=env, capture_output=True, text=True, timeout=500, check=False
-    )
-    assert result.returncode == 0, (
-        f"torchrun failed:\n{result.stdout[-4000:]}\n{result.stderr[-8000:]}"
-    )
-    return out
-
-
-def _ranks(out: Path, kind: str) -> list[dict[str, Any]]:
-    return [torch.load(out / f"{kind}-rank{rank}.pt", weights_only=True) for rank in (0, 1)]
+    return run_two_processes(__file__, tmp_path_factory.mktemp("ddp"))
 
 
 def _single_process_metrics(module: Any, state: dict[str, torch.Tensor], loaders: Any) -> dict:
@@ -100,7 +84,7 @@ def _single_process_metrics(module: Any, state: dict[str, torch.Tensor], loaders
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["single", "multi"])
 def test_ranks_hold_identical_weights_after_every_step(ddp_run: Path, kind: str) -> None:
-    rank0, rank1 = _ranks(ddp_run, kind)
+    rank0, rank1 = rank_records(ddp_run, kind)
     assert rank0["world_size"] == rank1["world_size"] == 2
     assert [step for step, _ in rank0["hashes"]] == list(range(1, MAX_STEPS + 1))
     assert rank0["hashes"] == rank1["hashes"]
@@ -117,7 +101,7 @@ def test_ranks_hold_identical_weights_after_every_step(ddp_run: Path, kind: str)
 
 @pytest.mark.slow
 def test_a_non_finite_step_on_one_rank_is_skipped_on_both(ddp_run: Path) -> None:
-    rank0, rank1 = _ranks(ddp_run, "single")
+    rank0, rank1 = rank_records(ddp_run, "single")
     assert rank0["skipped"] == rank1["skipped"] == 1
     hashes = dict(rank0["hashes"])
     assert hashes[POISONED_STEP + 1] == hashes[POISONED_STEP]  # the weights did not move
@@ -127,7 +111,7 @@ def test_a_non_finite_step_on_one_rank_is_skipped_on_both(ddp_run: Path) -> None
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["single", "multi"])
 def test_validation_metrics_equal_a_single_process_evaluation(ddp_run: Path, kind: str) -> None:
-    rank0, rank1 = _ranks(ddp_run, kind)
+    rank0, rank1 = rank_records(ddp_run, kind)
     val = _val_sets()
     # Every validation structure was evaluated exactly once, across the two ranks.
     for name, structures in val.items() if kind == "multi" else [("bulk", val["bulk"])]:

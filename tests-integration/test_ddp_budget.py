@@ -11,7 +11,6 @@ each rank's batches are the ones the sampler computes for it in a single process
 """
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,10 +18,9 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from torchrun_helpers import rank_records, run_two_processes
 
 from matsci.data import BudgetBatchSampler, DatasetMixture, ResumableDataLoader
-
-HERE = Path(__file__).parent
 
 EPOCHS = 3
 MAX_ATOMS = 60
@@ -48,28 +46,12 @@ def _sampler(kind: str, **kwargs: Any) -> BudgetBatchSampler:
 
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("ddp_budget")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-        __file__, str(out),
-    ]  # fmt: skip
-    result = subprocess.run(
-        command, cwd=HERE, env=env, capture_output=True, text=True, timeout=500, check=False
-    )
-    assert result.returncode == 0, (
-        f"torchrun failed:\n{result.stdout[-4000:]}\n{result.stderr[-8000:]}"
-    )
-    return out
-
-
-def _ranks(out: Path, kind: str) -> list[dict[str, Any]]:
-    return [torch.load(out / f"{kind}-rank{rank}.pt", weights_only=True) for rank in (0, 1)]
+    return run_two_processes(__file__, tmp_path_factory.mktemp("ddp_budget"))
 
 
 @pytest.mark.slow
 def test_ranks_run_equal_batches_and_cover_each_epoch_once(ddp_run: Path) -> None:
-    rank0, rank1 = _ranks(ddp_run, "plain")
+    rank0, rank1 = rank_records(ddp_run, "plain")
     assert rank0["batch_sampler"] == rank1["batch_sampler"] == "BudgetBatchSampler"
     assert rank0["world_size"] == 2
     assert rank0["num_training_batches"] == rank1["num_training_batches"]
@@ -90,7 +72,7 @@ def test_ranks_run_equal_batches_and_cover_each_epoch_once(ddp_run: Path) -> Non
 
 @pytest.mark.slow
 def test_a_mixture_keeps_its_counts_across_ranks(ddp_run: Path) -> None:
-    rank0, rank1 = _ranks(ddp_run, "mixture")
+    rank0, rank1 = rank_records(ddp_run, "mixture")
     assert rank0["num_training_batches"] == rank1["num_training_batches"]
     for epoch in range(EPOCHS):
         batches0, batches1 = rank0["seen"][epoch], rank1["seen"][epoch]
