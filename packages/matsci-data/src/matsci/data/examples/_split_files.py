@@ -75,7 +75,8 @@ def write_split_files(
     Examples
     --------
     >>> import tempfile
-    >>> from matsci.data.examples import bundled_dataset_path
+    >>> import ase.io
+    >>> from matsci.data.examples import bundled_dataset_path, write_split_files
     >>> paths = write_split_files(bundled_dataset_path("emt"), tempfile.mkdtemp(), max_train=50)
     >>> {name: len(ase.io.read(path, index=":")) for name, path in paths.items()}
     {'train': 50, 'val': 30, 'test': 30}
