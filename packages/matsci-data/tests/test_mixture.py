@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch.utils.data.distributed import DistributedSampler
 
-from matsci.data._mixture import DatasetMixture, MixtureSampler, _allocate
+from matsci.data._mixture import DatasetMixture, MixtureSampler, allocate_shares
 
 SIZES = [10, 1_000, 100_000]
 
@@ -54,9 +54,9 @@ def test_fixed_weights_and_balanced() -> None:
 
 
 def test_counts_by_largest_remainder() -> None:
-    assert _allocate(10, np.array([1.0, 1.0, 1.0])).tolist() == [4, 3, 3]
-    assert _allocate(7, np.array([0.5, 0.3, 0.2])).tolist() == [4, 2, 1]  # 3.5, 2.1, 1.4
-    assert _allocate(0, np.array([0, 0])).tolist() == [0, 0]
+    assert allocate_shares(10, np.array([1.0, 1.0, 1.0])).tolist() == [4, 3, 3]
+    assert allocate_shares(7, np.array([0.5, 0.3, 0.2])).tolist() == [4, 2, 1]  # 3.5, 2.1, 1.4
+    assert allocate_shares(0, np.array([0, 0])).tolist() == [0, 0]
     mixture = DatasetMixture(SIZES, temperature=3.0, num_samples=12_345)
     assert mixture.counts().sum() == 12_345
     np.testing.assert_allclose(mixture.counts() / 12_345, mixture.probabilities, atol=1 / 12_345)

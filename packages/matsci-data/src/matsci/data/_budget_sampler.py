@@ -39,7 +39,13 @@ from numpy.typing import NDArray
 from torch.utils.data import Sampler
 from torch.utils.data.distributed import DistributedSampler
 
-from matsci.data._mixture import DatasetMixture, _allocate, _draw, _epoch_generator, _world
+from matsci.data._mixture import (
+    DatasetMixture,
+    allocate_shares,
+    draw_positions,
+    epoch_generator,
+    replica_world,
+)
 
 __all__ = ["BudgetBatchSampler", "edge_counts"]
 
@@ -209,7 +215,7 @@ class BudgetBatchSampler(Sampler[list[int]]):
             per_source = cell_sizes.reshape(len(levels), sources)
             draws = np.stack(
                 [
-                    _allocate(int(count), per_source[:, s])
+                    allocate_shares(int(count), per_source[:, s])
                     for s, count in enumerate(self.mixture.counts().tolist())
                 ],
                 axis=1,
@@ -229,7 +235,7 @@ class BudgetBatchSampler(Sampler[list[int]]):
         )
 
     def _resolve(self) -> tuple[int, int]:
-        num_replicas, rank = _world("BudgetBatchSampler", *self._given)
+        num_replicas, rank = replica_world("BudgetBatchSampler", *self._given)
         if self._structures < num_replicas:
             raise ValueError(
                 f"BudgetBatchSampler: {self._structures} structures per epoch for "
@@ -259,7 +265,7 @@ class BudgetBatchSampler(Sampler[list[int]]):
         return [batch.tolist() for batch in self._epoch_arrays(self._resolve()[0])]
 
     def _epoch_arrays(self, num_replicas: int) -> list[IntArray]:
-        rng = _epoch_generator(self.seed, self.epoch)
+        rng = epoch_generator(self.seed, self.epoch)
         batches: list[IntArray] = []
         for (first, last), capacity in zip(self._buckets, self.capacities, strict=True):
             members = self._draw_cells(first, last, rng)
@@ -282,7 +288,9 @@ class BudgetBatchSampler(Sampler[list[int]]):
             members = self._order[start:stop]
             count = int(self._cell_draws[cell])
             parts.append(
-                members if count == len(members) else members[_draw(len(members), count, rng)]
+                members
+                if count == len(members)
+                else members[draw_positions(len(members), count, rng)]
             )
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 

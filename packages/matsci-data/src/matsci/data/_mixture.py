@@ -20,7 +20,14 @@ import torch.distributed as dist
 from numpy.typing import NDArray
 from torch.utils.data.distributed import DistributedSampler
 
-__all__ = ["DatasetMixture", "MixtureSampler"]
+__all__ = [
+    "DatasetMixture",
+    "MixtureSampler",
+    "allocate_shares",
+    "draw_positions",
+    "epoch_generator",
+    "replica_world",
+]
 
 IntArray = NDArray[np.int64]
 
@@ -121,7 +128,9 @@ class DatasetMixture:
             Shape ``[S]``, int64.
         """
         total = self.num_samples if total is None else total
-        return _allocate(_positive_int("DatasetMixture.counts: total", total), self.probabilities)
+        return allocate_shares(
+            _positive_int("DatasetMixture.counts: total", total), self.probabilities
+        )
 
     def __repr__(self) -> str:
         how = (
@@ -193,17 +202,17 @@ class MixtureSampler(DistributedSampler[int]):
         self._resolve()
 
     def _resolve(self) -> tuple[int, int]:
-        self.num_replicas, self.rank = _world("MixtureSampler", *self._given)
+        self.num_replicas, self.rank = replica_world("MixtureSampler", *self._given)
         self.num_samples = math.ceil(self.mixture.num_samples / self.num_replicas)
         self.total_size = self.num_samples * self.num_replicas
         return self.num_replicas, self.rank
 
     def __iter__(self) -> Iterator[int]:
         num_replicas, rank = self._resolve()
-        rng = _epoch_generator(self.seed, self.epoch)
+        rng = epoch_generator(self.seed, self.epoch)
         counts = self.mixture.counts(self.total_size)
         draws = [
-            offset + _draw(size, count, rng)
+            offset + draw_positions(size, count, rng)
             for offset, size, count in zip(
                 self.mixture.offsets, self.mixture.sizes, counts.tolist(), strict=True
             )
@@ -222,7 +231,7 @@ class MixtureSampler(DistributedSampler[int]):
 # -- shared with the budget sampler ----------------------------------------------------------------
 
 
-def _allocate(total: int, weights: NDArray[np.float64] | NDArray[np.int64]) -> IntArray:
+def allocate_shares(total: int, weights: NDArray[np.float64] | NDArray[np.int64]) -> IntArray:
     """Split ``total`` into integer shares proportional to ``weights`` (largest remainder).
 
     The shares sum to ``total``; remainders are given to the largest fractional parts, ties to
@@ -242,7 +251,7 @@ def _allocate(total: int, weights: NDArray[np.float64] | NDArray[np.int64]) -> I
     return shares
 
 
-def _draw(size: int, count: int, rng: np.random.Generator) -> IntArray:
+def draw_positions(size: int, count: int, rng: np.random.Generator) -> IntArray:
     """``count`` positions in ``range(size)``: whole permutations, then a random subset.
 
     Without replacement up to ``size``; beyond it every position appears ``count // size`` or
@@ -257,12 +266,12 @@ def _draw(size: int, count: int, rng: np.random.Generator) -> IntArray:
     return np.concatenate(parts).astype(np.int64, copy=False)
 
 
-def _epoch_generator(seed: int, epoch: int) -> np.random.Generator:
+def epoch_generator(seed: int, epoch: int) -> np.random.Generator:
     """A private generator per (seed, epoch), independent of the global random state."""
     return np.random.default_rng([int(seed) % 2**64, int(epoch) % 2**64])
 
 
-def _world(name: str, num_replicas: int | None, rank: int | None) -> tuple[int, int]:
+def replica_world(name: str, num_replicas: int | None, rank: int | None) -> tuple[int, int]:
     """The world size and rank given, or read from ``torch.distributed`` (one process if off)."""
     initialized = dist.is_available() and dist.is_initialized()
     if num_replicas is None:
