@@ -10,6 +10,7 @@ read-only and come out unchanged.
 import math
 import sqlite3
 from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -345,9 +346,9 @@ def test_damaged_files_raise_value_errors_and_stay_unchanged(
     assert not message or str(path) in message  # the message names the file
     assert path.read_bytes() == content
     assert path.stat().st_mtime_ns == mtime
-    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(path.name)) == [
-        path.name  # no journal or lock file was left beside it
-    ]
+    beside = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(path.name))
+    # No journal or lock file was left beside it; an extxyz file may get its frame index cache.
+    assert beside in ([path.name], [path.name, f"{path.name}.matsci-index.npz"])
 
 
 def test_a_damaged_database_row_is_a_value_error_naming_it(
@@ -363,14 +364,23 @@ def test_a_damaged_database_row_is_a_value_error_naming_it(
     assert path.read_bytes() != content  # (the damage is there, and nothing repaired it)
 
 
-def test_databases_are_opened_read_only(data_files: dict[str, bytes], tmp_path: Path) -> None:
+def test_databases_are_never_written(data_files: dict[str, bytes], tmp_path: Path) -> None:
     path = tmp_path / "good.db"
     path.write_bytes(data_files["db"])
-    dataset = AseDbDataset(path)
-    dataset[0]
-    with pytest.raises(sqlite3.OperationalError, match="readonly"):
-        dataset._database()._connect().execute("DELETE FROM systems")
+    mtime = path.stat().st_mtime_ns
+    _read_everything(AseDbDataset, path)
     assert path.read_bytes() == data_files["db"]
+    assert path.stat().st_mtime_ns == mtime
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["good.db"]  # no journal, no lock
+    # An SQLite file of another program: ASE would create its tables in it; we refuse it first.
+    foreign = tmp_path / "foreign.db"
+    with closing(sqlite3.connect(foreign)) as connection:
+        connection.execute("CREATE TABLE measurements (x REAL)")
+        connection.commit()
+    content = foreign.read_bytes()
+    with pytest.raises(ValueError, match=r"foreign\.db"):
+        AseDbDataset(foreign)
+    assert foreign.read_bytes() == content
 
 
 # -- checkpoints --------------------------------------------------------------------------------
