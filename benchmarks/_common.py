@@ -77,6 +77,16 @@ def synchronize(device: torch.device | str) -> None:
         torch.cuda.synchronize(device)
 
 
+def cuda_peak_bytes(step: Callable[[], Any], device: torch.device) -> int:
+    """Peak CUDA memory allocated during one call of ``step``, above what was allocated before."""
+    synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    step()
+    synchronize(device)
+    return int(torch.cuda.max_memory_allocated(device) - before)
+
+
 # -- data ------------------------------------------------------------------------------------------
 
 

@@ -48,6 +48,7 @@ import numpy as np
 import torch
 from _common import (
     CUTOFF,
+    cuda_peak_bytes,
     machine_line,
     print_table,
     realistic_schnet,
@@ -120,12 +121,7 @@ def make_step(
 def peak_bytes(step: Callable[[], None], device: torch.device) -> int:
     """Peak memory allocated by torch during one call of ``step`` (see the module notes)."""
     if device.type == "cuda":
-        synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        before = torch.cuda.memory_allocated(device)
-        step()
-        synchronize(device)
-        return int(torch.cuda.max_memory_allocated(device) - before)
+        return cuda_peak_bytes(step, device)
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         step()
     with tempfile.TemporaryDirectory() as folder:

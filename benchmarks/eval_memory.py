@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from _common import (
     collate,
+    cuda_peak_bytes,
     emt_structures,
     machine_line,
     print_table,
@@ -75,12 +76,7 @@ class PeakTensorMemory(TorchDispatchMode):
 def peak_bytes(step: Callable[[], Any], device: torch.device) -> int:
     """Peak memory of one call of ``step`` above what was allocated before it."""
     if device.type == "cuda":
-        synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        before = torch.cuda.memory_allocated(device)
-        step()
-        synchronize(device)
-        return int(torch.cuda.max_memory_allocated(device) - before)
+        return cuda_peak_bytes(step, device)
     with PeakTensorMemory() as tracker:
         step()
     return tracker.peak
