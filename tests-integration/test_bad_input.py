@@ -150,7 +150,7 @@ def _nan_target(data: Data) -> None:
 
 # One structure of the batch made unusual; None: handled (documented), the step works.
 STRUCTURE_CASES: dict[str, tuple[Callable[[Data], None], str | None]] = {
-    "empty structure": (_empty, r"'natoms': structures \[\d\] of the batch have no atoms"),
+    "empty structure": (_empty, r"'natoms' has structures \[\d\] with no atoms"),
     "single atom": (_keep_first_atom, None),
     "atoms on top of each other": (_duplicate_atom, None),  # refused by PeriodicRadiusGraph
     "nan target": (_nan_target, None),  # a missing target: masked in the loss

@@ -7,7 +7,14 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 from torch_geometric.data import Batch, Data
 
-from matsci.contract import STRUCTURE_SPECS, AttributeSpec, keys, validate_batch
+from matsci.contract import (
+    STRUCTURE_SPECS,
+    AttributeSpec,
+    BatchSizes,
+    keys,
+    validate_batch,
+    values_within,
+)
 
 CONTEXT = "ScalarRegressionTask"
 ENERGY = AttributeSpec.graph_target(keys.ENERGY)
@@ -421,3 +428,41 @@ def test_any_edge_index_shape_but_2_e_raises_value_error(shape: tuple[int, ...])
     batch.edge_index = torch.zeros(shape, dtype=torch.long)
     with pytest.raises(ValueError, match=re.escape("'edge_index' has shape")):
         validate_batch(batch, STRUCTURE_SPECS, context=CONTEXT)
+
+
+# --- value checks carried by the spec ---
+
+
+def test_values_within_names_the_values_outside_and_runs_after_the_shape_check() -> None:
+    batch = _batch()
+    batch.label = torch.tensor([1, 0, 230, 231])
+    spec = AttributeSpec("label", "graph", dtype="int", values=values_within(1, 230))
+    with pytest.raises(
+        ValueError, match=_message("batch attribute 'label' has values [0, 231] outside 1..230")
+    ):
+        validate_batch(batch, [spec], context=CONTEXT)
+    batch.label = torch.tensor([1, 2, 230, 229])
+    validate_batch(batch, [spec], context=CONTEXT)
+    batch.label = torch.tensor([1, 2, 999])  # wrong size: the shape error comes first
+    with pytest.raises(ValueError, match="has shape"):
+        validate_batch(batch, [spec], context=CONTEXT)
+
+
+def test_a_custom_value_check_sees_the_batch_sizes() -> None:
+    def one_per_atom(value: torch.Tensor, sizes: BatchSizes) -> str | None:
+        total = int(value.sum())
+        return None if total == sizes.num_atoms() else f"sums to {total}, not N"
+
+    batch = _batch()  # N = 8
+    batch.count = torch.tensor([2, 3, 1, 2])
+    spec = AttributeSpec("count", "graph", dtype="int", values=one_per_atom)
+    validate_batch(batch, [spec], context=CONTEXT)
+    batch.count = torch.tensor([2, 3, 1, 3])
+    with pytest.raises(ValueError, match=_message("batch attribute 'count' sums to 9, not N")):
+        validate_batch(batch, [spec], context=CONTEXT)
+
+
+def test_missing_attribute_message_carries_the_spec_hint() -> None:
+    spec = AttributeSpec("noisy_pos", "node", (3,), hint="add NoisyPositions to the transforms")
+    with pytest.raises(ValueError, match=r"is missing.*; add NoisyPositions to the transforms$"):
+        validate_batch(_batch(), [spec], context=CONTEXT)

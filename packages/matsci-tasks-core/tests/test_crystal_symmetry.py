@@ -29,7 +29,7 @@ def test_label_outside_1_to_230_is_a_clear_error(label: int) -> None:
     task = CrystalSymmetryClassificationTask(**encoder_kwargs())
     batch = Batch.from_data_list(make_structures(4, seed=0))
     batch.spacegroup[2] = label
-    with pytest.raises(ValueError, match=rf"labels \[{label}\] are outside 1\.\.230"):
+    with pytest.raises(ValueError, match=rf"'spacegroup' has values \[{label}\] outside 1\.\.230"):
         task.compute_losses(task(batch), batch)
 
 
@@ -75,7 +75,7 @@ def test_first_batch_check_names_labels_outside_1_to_230() -> None:
     batch = Batch.from_data_list(make_structures(4, seed=0))
     task.check_batch(batch)
     batch.spacegroup[1] = 0
-    with pytest.raises(ValueError, match=r"labels \[0\] are outside 1\.\.230"):
+    with pytest.raises(ValueError, match=r"'spacegroup' has values \[0\] outside 1\.\.230"):
         task.check_batch(batch)
     task.check_batch(batch, with_targets=False)  # prediction needs no labels
 
@@ -95,5 +95,5 @@ def test_a_bad_label_in_a_later_training_batch_stops_fit_with_the_clear_error() 
     structures = make_structures(8, seed=0)
     structures[6].spacegroup = torch.tensor([0])
     task = CrystalSymmetryClassificationTask(**encoder_kwargs())
-    with pytest.raises(ValueError, match=r"labels \[0\] are outside 1\.\.230"):
+    with pytest.raises(ValueError, match=r"'spacegroup' has values \[0\] outside 1\.\.230"):
         trainer(max_epochs=1).fit(task, loader(structures, batch_size=2))

@@ -32,7 +32,14 @@ if TYPE_CHECKING:
         module_config,
         to_plain,
     )
-    from matsci.contract._schema import STRUCTURE_SPECS, AttributeSpec, validate_batch
+    from matsci.contract._schema import (
+        STRUCTURE_SPECS,
+        AttributeSpec,
+        BatchSizes,
+        ValueCheck,
+        validate_batch,
+        values_within,
+    )
     from matsci.contract._streaming import StreamingMoments, StreamingRMS
 
 __version__ = _version("matsci-contract")
@@ -52,7 +59,10 @@ _MODULE_OF: dict[str, str] = {
     "to_plain": "_resolver",
     "STRUCTURE_SPECS": "_schema",
     "AttributeSpec": "_schema",
+    "BatchSizes": "_schema",
+    "ValueCheck": "_schema",
     "validate_batch": "_schema",
+    "values_within": "_schema",
     "StreamingMoments": "_streaming",
     "StreamingRMS": "_streaming",
 }
@@ -61,6 +71,7 @@ __all__ = [
     "NUM_ELEMENTS",
     "STRUCTURE_SPECS",
     "AttributeSpec",
+    "BatchSizes",
     "ClassConfig",
     "DatasetStatistics",
     "Embeddings",
@@ -68,6 +79,7 @@ __all__ = [
     "ReferenceEnergyFit",
     "StreamingMoments",
     "StreamingRMS",
+    "ValueCheck",
     "__version__",
     "build_from_config",
     "class_path",
@@ -77,6 +89,7 @@ __all__ = [
     "module_config",
     "to_plain",
     "validate_batch",
+    "values_within",
 ]
 
 

@@ -7,9 +7,9 @@ what was found and what was expected, instead of a shape error deep inside torch
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import Literal, TypeAlias, get_args
 
 import torch
 from torch import Tensor
@@ -22,6 +22,11 @@ Level = Literal["node", "graph", "edge"]
 DType = Literal["float", "int", "bool", "label"]
 """Kind of dtype: any floating dtype; ``torch.int64`` or ``torch.int32``; ``torch.bool``; or
 ``"label"``: any of these (binary labels come as floats, integers or booleans)."""
+
+ValueCheck: TypeAlias = "Callable[[Tensor, BatchSizes], str | None]"
+"""A check of an attribute's values, carried by its :class:`AttributeSpec`: it gets the tensor
+and the batch's sizes and returns what is wrong, as words that follow "batch attribute 'name'"
+(for example ``"has values [0] outside 1..230"``), or ``None`` when the values are fine."""
 
 _LEVELS: tuple[str, ...] = get_args(Level)
 _DTYPES: tuple[str, ...] = get_args(DType)
@@ -62,6 +67,11 @@ class AttributeSpec:
         The attribute may be absent; when present it is checked.
     squeeze_ok
         With ``trailing=(1,)`` on a node or graph level, also accept ``[N]`` or ``[B]``.
+    values
+        A :data:`ValueCheck` run after the shape and dtype checks, such as
+        :func:`values_within`; ``None`` checks no values.
+    hint
+        Advice added to the message when the attribute is missing (how to get it).
 
     Raises
     ------
@@ -89,6 +99,8 @@ class AttributeSpec:
     finite: bool = False
     optional: bool = False
     squeeze_ok: bool = False
+    values: ValueCheck | None = None
+    hint: str = ""
 
     def __post_init__(self) -> None:
         where = f"AttributeSpec({self.name!r})"
@@ -192,17 +204,100 @@ class AttributeSpec:
         return cls(name, "node", (width,))
 
 
+def values_within(low: float, high: float) -> ValueCheck:
+    """A :data:`ValueCheck` that every value lies in ``low..high`` (inclusive; NaN is not checked).
+
+    Parameters
+    ----------
+    low, high
+        The smallest and largest allowed value.
+
+    Returns
+    -------
+    ValueCheck
+        A check whose message lists up to ten of the values outside.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from matsci.contract import AttributeSpec, values_within
+    >>> spec = AttributeSpec("spacegroup", "graph", dtype="int", values=values_within(1, 230))
+    >>> spec.values(torch.tensor([225, 0, 231]), None)
+    'has values [0, 231] outside 1..230'
+    """
+
+    def check(value: Tensor, sizes: BatchSizes) -> str | None:
+        if value.numel() == 0:
+            return None
+        smallest, largest = torch.stack(torch.aminmax(value)).tolist()  # one host sync
+        if smallest >= low and largest <= high:
+            return None
+        outside = sorted(set(value[(value < low) | (value > high)].tolist()))
+        return f"has values {outside[:10]} outside {_number(low)}..{_number(high)}"
+
+    return check
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+def _known_elements(value: Tensor, sizes: BatchSizes) -> str | None:
+    message = values_within(1, keys.MAX_ATOMIC_NUMBER)(value, sizes)
+    if message is None:
+        return None
+    unknown = message.removeprefix("has values ").split(" outside")[0]
+    return f"has unknown elements {unknown}, expected atomic numbers 1 to {keys.MAX_ATOMIC_NUMBER}"
+
+
+def _atom_counts(value: Tensor, sizes: BatchSizes) -> str | None:
+    total, num_atoms = int(value.sum()), sizes.num_atoms()
+    if total != num_atoms:
+        return f"sums to {total}, expected N={num_atoms} atoms in the batch"
+    empty = (value.reshape(-1) < 1).nonzero().reshape(-1)
+    if empty.numel() > 0:
+        return f"has structures {empty.tolist()} with no atoms; every structure needs at least one"
+    return None
+
+
+def _plausible_positions(value: Tensor, sizes: BatchSizes) -> str | None:
+    if value.numel() == 0:
+        return None
+    largest = float(value.detach().abs().amax())
+    if largest > keys.MAX_ABS_POSITION:
+        return (
+            f"has a coordinate of magnitude {largest:.3g} Å, expected at most "
+            f"{keys.MAX_ABS_POSITION:.0e} Å (corrupt or unwrapped positions?)"
+        )
+    return None
+
+
+def _atom_indices(value: Tensor, sizes: BatchSizes) -> str | None:
+    if value.numel() == 0:
+        return None
+    num_atoms = sizes.num_atoms()
+    low, high = torch.stack(torch.aminmax(value)).tolist()  # one host sync
+    if low < 0 or high >= num_atoms:
+        outside = int(((value < 0) | (value >= num_atoms)).sum())
+        return (
+            f"has {outside} values outside [0, N) with N={num_atoms} atoms (min {low}, max {high})"
+        )
+    return None
+
+
 STRUCTURE_SPECS: tuple[AttributeSpec, ...] = (
-    AttributeSpec(keys.POS, "node", (3,), finite=True),
-    AttributeSpec(keys.ATOMIC_NUMBERS, "node", dtype="int"),
-    AttributeSpec(keys.NATOMS, "graph", dtype="int"),
+    AttributeSpec(keys.POS, "node", (3,), finite=True, values=_plausible_positions),
+    AttributeSpec(keys.ATOMIC_NUMBERS, "node", dtype="int", values=_known_elements),
+    AttributeSpec(keys.NATOMS, "graph", dtype="int", values=_atom_counts),
     AttributeSpec(keys.CELL, "graph", (3, 3), finite=True, optional=True),
     AttributeSpec(keys.PBC, "graph", (3,), dtype="bool", optional=True),
-    AttributeSpec(keys.EDGE_INDEX, "edge", dtype="int", optional=True),
+    AttributeSpec(keys.EDGE_INDEX, "edge", dtype="int", optional=True, values=_atom_indices),
     AttributeSpec(keys.CELL_OFFSETS, "edge", (3,), finite=True, optional=True),
 )
 """The structure attributes of the data contract: ``pos``, ``atomic_numbers`` and ``natoms``
-required; ``cell``, ``pbc``, ``edge_index`` and ``cell_offsets`` checked when present."""
+required; ``cell``, ``pbc``, ``edge_index`` and ``cell_offsets`` checked when present. Their value
+checks: ``natoms`` sums to N with an atom in every structure, atomic numbers are elements (1 to
+118), coordinates at most 1e5 Å, ``edge_index`` values in ``[0, N)``."""
 
 
 def validate_batch(batch: Batch | Data, specs: Iterable[AttributeSpec], *, context: str) -> None:
@@ -211,9 +306,10 @@ def validate_batch(batch: Batch | Data, specs: Iterable[AttributeSpec], *, conte
     The sizes are B structures (``batch.num_graphs``; 1 for a single :class:`Data`), N atoms
     (the length of the ``batch`` vector that PyG adds when collating; ``data.num_nodes`` for a
     single :class:`Data`) and E edges (``edge_index.shape[1]``). Beyond each spec, ``natoms``
-    must sum to N with every structure holding an atom, atomic numbers must be elements (1 to
-    118), coordinates at most 1e5 Å, and ``edge_index`` values in ``[0, N)``. Each check is a few tensor
-    operations, with no Python loop over atoms or edges; the first failure raises.
+    each spec's value check runs (:data:`STRUCTURE_SPECS` carries the contract's: ``natoms``
+    sums to N, elements 1 to 118, coordinates at most 1e5 Å, ``edge_index`` in ``[0, N)``).
+    Each check is a few tensor operations, with no Python loop over atoms or edges; the first
+    failure raises.
 
     Parameters
     ----------
@@ -258,15 +354,30 @@ def validate_batch(batch: Batch | Data, specs: Iterable[AttributeSpec], *, conte
         raise TypeError(
             f"{context}: expected a torch_geometric Batch or Data, got {type(batch).__name__}"
         )
-    sizes = _Sizes(batch, context)
+    sizes = BatchSizes(batch, context)
     if sizes.num_structures == 0:
         raise ValueError(f"{context}: the batch holds no structures (B=0); nothing to check")
     for spec in specs:
         _check_attribute(batch, spec, sizes, context)
 
 
-class _Sizes:
-    """B, N and E of one batch; N and E are worked out when first needed."""
+class BatchSizes:
+    """B, N and E of one batch, as :func:`validate_batch` counts them; N and E when first needed.
+
+    Value checks (:data:`ValueCheck`) receive it to compare values with the batch's sizes.
+
+    Parameters
+    ----------
+    batch
+        The batch (or one structure).
+    context
+        Who is checking, for messages.
+
+    Attributes
+    ----------
+    num_structures
+        B, the number of structures.
+    """
 
     def __init__(self, batch: Data, context: str) -> None:
         self._batch = batch
@@ -276,16 +387,19 @@ class _Sizes:
         self._num_edges: int | None = None
 
     def of(self, level: str) -> int:
+        """The size of a level: B for ``"graph"``, N for ``"node"``, E for ``"edge"``."""
         if level == "graph":
             return self.num_structures
         return self.num_atoms() if level == "node" else self.num_edges()
 
     def num_atoms(self) -> int:
+        """N, the number of atoms (the length of the ``batch`` vector)."""
         if self._num_atoms is None:
             self._num_atoms = _count_atoms(self._batch, self._context)
         return self._num_atoms
 
     def num_edges(self) -> int:
+        """E, the number of edges (``edge_index.shape[1]``)."""
         if self._num_edges is None:
             self._num_edges = _count_edges(self._batch, self._context)
         return self._num_edges
@@ -332,16 +446,17 @@ def _count_edges(batch: Data, context: str) -> int:
     )
 
 
-def _check_attribute(batch: Data, spec: AttributeSpec, sizes: _Sizes, context: str) -> None:
+def _check_attribute(batch: Data, spec: AttributeSpec, sizes: BatchSizes, context: str) -> None:
     label = f"{context}: batch attribute {spec.name!r}"
     value = batch.get(spec.name)  # PyG stores no None values: None means absent
     if value is None:
         if spec.optional:
             return
         present = ", ".join(repr(key) for key in sorted(batch.keys())) or "no attributes"
+        hint = f"; {spec.hint}" if spec.hint else ""
         raise ValueError(
             f"{label} is missing, expected {spec.dtype} {_expected_shape(spec)}; "
-            f"the batch has {present}"
+            f"the batch has {present}{hint}"
         )
     if not isinstance(value, Tensor):
         raise ValueError(
@@ -367,40 +482,10 @@ def _check_attribute(batch: Data, spec: AttributeSpec, sizes: _Sizes, context: s
             f"{label} has {num_nan + num_inf} non-finite values ({num_nan} NaN, {num_inf} inf) "
             f"out of {value.numel()}, expected all finite"
         )
-    if spec.name == keys.NATOMS:
-        total, num_atoms = int(value.sum()), sizes.num_atoms()
-        if total != num_atoms:
-            raise ValueError(f"{label} sums to {total}, expected N={num_atoms} atoms in the batch")
-        empty = (value.reshape(-1) < 1).nonzero().reshape(-1)
-        if empty.numel() > 0:
-            raise ValueError(
-                f"{label}: structures {empty.tolist()} of the batch have no atoms; every "
-                "structure needs at least one"
-            )
-    elif spec.name == keys.ATOMIC_NUMBERS and value.numel() > 0:
-        low, high = torch.stack(torch.aminmax(value)).tolist()  # one host sync
-        if low < 1 or high > keys.MAX_ATOMIC_NUMBER:
-            unknown = sorted(set(value[(value < 1) | (value > keys.MAX_ATOMIC_NUMBER)].tolist()))
-            raise ValueError(
-                f"{label} has unknown elements {unknown[:10]}, expected atomic numbers "
-                f"1 to {keys.MAX_ATOMIC_NUMBER}"
-            )
-    elif spec.name == keys.POS and value.numel() > 0:
-        largest = float(value.detach().abs().amax())
-        if largest > keys.MAX_ABS_POSITION:
-            raise ValueError(
-                f"{label} has a coordinate of magnitude {largest:.3g} Å, expected at most "
-                f"{keys.MAX_ABS_POSITION:.0e} Å (corrupt or unwrapped positions?)"
-            )
-    elif spec.name == keys.EDGE_INDEX and value.numel() > 0:
-        num_atoms = sizes.num_atoms()
-        low, high = torch.stack(torch.aminmax(value)).tolist()  # one host sync
-        if low < 0 or high >= num_atoms:
-            outside = int(((value < 0) | (value >= num_atoms)).sum())
-            raise ValueError(
-                f"{label} has {outside} values outside [0, N) with N={num_atoms} atoms "
-                f"(min {low}, max {high})"
-            )
+    if spec.values is not None:
+        problem = spec.values(value, sizes)
+        if problem is not None:
+            raise ValueError(f"{label} {problem}")
 
 
 def _all_finite(value: Tensor) -> bool:

@@ -160,7 +160,11 @@ class BaseTaskModule(TaskEngine):
         )
         self.output_kwargs = {**DEFAULT_OUTPUT_KWARGS, **dict(output_kwargs or {})}
         self.output_heads = nn.ModuleDict(
-            {key: self.build_head(key, self.output_kwargs) for key in self.head_keys()}
+            {
+                key: head
+                for key in self.task_keys
+                if (head := self.build_head(key, self.output_kwargs)) is not None
+            }
         )
         self.normalizers = nn.ModuleDict(
             build_normalizers(name, normalize_kwargs, self.task_keys, self.normalizer_dim)
@@ -191,16 +195,13 @@ class BaseTaskModule(TaskEngine):
 
     # -- what subclasses define -------------------------------------------------------------
 
-    def head_keys(self) -> list[str]:
-        """Keys that get a head; by default every task key.
-
-        Tasks that derive some keys from others (forces from the energy) return fewer.
-        """
-        return list(self.task_keys)
-
     @abstractmethod
-    def build_head(self, key: str, output_kwargs: Mapping[str, Any]) -> nn.Module:
-        """Build the head that predicts ``key``."""
+    def build_head(self, key: str, output_kwargs: Mapping[str, Any]) -> nn.Module | None:
+        """Build the head that predicts ``key``, or ``None`` for a key derived from others.
+
+        Called once per task key. A task that derives a key from another (forces from the
+        energy) returns ``None`` for it, and the key gets no head.
+        """
 
     @abstractmethod
     def target_specs(self) -> list[AttributeSpec]:
@@ -476,7 +477,9 @@ class BaseTaskModule(TaskEngine):
         ValueError
             Naming the attribute, what was found and what was expected.
         """
-        specs = list(STRUCTURE_SPECS) + (self.target_specs() if with_targets else [])
+        specs = [*STRUCTURE_SPECS, *self.input_request().specs()]
+        if with_targets:
+            specs += self.target_specs()
         validate_batch(batch, specs, context=type(self).__name__)
 
     def head_parameters(self) -> list[nn.Parameter]:

@@ -12,13 +12,29 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 from typing_extensions import override
 
-from matsci.contract import AttributeSpec, ClassConfig, Embeddings, keys
+from matsci.contract import (
+    AttributeSpec,
+    ClassConfig,
+    Embeddings,
+    keys,
+    validate_batch,
+    values_within,
+)
 from matsci.heads import OutputHead
 from matsci.tasks.core._base_task import BaseTaskModule
 from matsci.tasks.core._lattice import SYMMETRY_FEATURES, symmetry_features
 
 NUM_SPACEGROUPS = 230
 """Number of crystallographic space groups; labels run from 1 to 230."""
+
+_LABEL_SPEC = AttributeSpec(
+    keys.SPACEGROUP,
+    "graph",
+    (1,),
+    dtype="int",
+    squeeze_ok=True,
+    values=values_within(1, NUM_SPACEGROUPS),
+)
 
 
 class CrystalSymmetryClassificationTask(BaseTaskModule):
@@ -134,8 +150,8 @@ class CrystalSymmetryClassificationTask(BaseTaskModule):
         return {key: head(system) for key, head in self.output_heads.items()}
 
     def target_specs(self) -> list[AttributeSpec]:
-        """``spacegroup``: integer ``[B]``."""
-        return [AttributeSpec(keys.SPACEGROUP, "graph", (1,), dtype="int", squeeze_ok=True)]
+        """``spacegroup``: integer ``[B]`` within 1..230."""
+        return [_LABEL_SPEC]
 
     def get_target(self, batch: Any, key: str) -> Tensor:
         """Space group numbers ``[B]`` (1..230); labels in host memory are checked here.
@@ -143,26 +159,14 @@ class CrystalSymmetryClassificationTask(BaseTaskModule):
         Labels on the CPU outside 1..230 raise a ``ValueError`` naming them, on every batch
         (reading host memory costs no synchronisation). Labels on an accelerator are not read
         back, which would stall every step: the first batch of each stage gets the same error
-        from :meth:`check_batch`, which the engine runs and which synchronises once; in later
-        batches an out-of-range class index stops the default ``CrossEntropyLoss`` with the
-        device's own bounds assertion.
+        from the spec's value check (the engine checks that batch and synchronises once); in
+        later batches an out-of-range class index stops the default ``CrossEntropyLoss`` with
+        the device's own bounds assertion.
         """
         labels: Tensor = batch[key].reshape(-1)
         if labels.device.type == "cpu":
-            _check_labels(labels)
+            validate_batch(batch, [_LABEL_SPEC], context=type(self).__name__)
         return labels
-
-    def check_batch(self, batch: Any, *, with_targets: bool = True) -> None:
-        """The checks of :meth:`BaseTaskModule.check_batch`, and labels within 1..230.
-
-        Raises
-        ------
-        ValueError
-            On a malformed batch, or naming the labels outside 1..230.
-        """
-        super().check_batch(batch, with_targets=with_targets)
-        if with_targets:
-            _check_labels(batch[keys.SPACEGROUP].reshape(-1))
 
     def loss_target(self, key: str, target: Tensor) -> Tensor:
         """Class indices from 0 for the loss."""
@@ -209,14 +213,4 @@ class CrystalSymmetryClassificationTask(BaseTaskModule):
                 "top5": MulticlassAccuracy(NUM_SPACEGROUPS, top_k=5, average="micro"),
                 "f1_macro": MulticlassF1Score(NUM_SPACEGROUPS, average="macro"),
             }
-        )
-
-
-def _check_labels(labels: Tensor) -> None:
-    """Raise a ``ValueError`` naming the labels outside 1..230 (reads them on the host)."""
-    inside = (labels >= 1) & (labels <= NUM_SPACEGROUPS)
-    if not bool(inside.all()):
-        bad = sorted(set(labels[~inside].tolist()))
-        raise ValueError(
-            f"CrystalSymmetryClassificationTask: space group labels {bad} are outside 1..230"
         )

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 from torch_geometric.data import Batch
 
-from matsci.contract import keys
+from matsci.contract import AttributeSpec, keys
 
 View = Literal["clean", "noisy"]
 """Which positions the encoder sees: the data's (``"clean"``) or ``noisy_pos`` (``"noisy"``)."""
@@ -53,6 +53,24 @@ class InputRequest:
     def needs_gradients(self) -> bool:
         """Whether the encoder pass must run with autograd on, even in inference mode."""
         return self.position_gradients or self.strain
+
+    def specs(self) -> list[AttributeSpec]:
+        """The batch attributes this input needs beyond the structure.
+
+        ``noisy_pos`` for the noisy view (with advice on how to get it when it is missing),
+        nothing for clean positions.
+        """
+        if self.view == "clean":
+            return []
+        return [
+            AttributeSpec(
+                keys.NOISY_POS,
+                "node",
+                (3,),
+                finite=True,
+                hint="add matsci.transforms.NoisyPositions(scale=...) to the dataset's transforms",
+            )
+        ]
 
     @staticmethod
     def merge(requests: Iterable[InputRequest]) -> InputRequest:

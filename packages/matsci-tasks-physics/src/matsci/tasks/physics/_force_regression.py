@@ -158,14 +158,12 @@ class ForceRegressionTask(BaseTaskModule):
     # -- heads, targets, metrics ----------------------------------------------------------------
 
     @override
-    def head_keys(self) -> list[str]:
-        """Only the energy has a head; forces and stress are its derivatives."""
-        return [keys.ENERGY]
+    def build_head(self, key: str, output_kwargs: Mapping[str, Any]) -> nn.Module | None:
+        """A dense head from each atom's embedding to its (scaled) energy.
 
-    @override
-    def build_head(self, key: str, output_kwargs: Mapping[str, Any]) -> nn.Module:
-        """A dense head from each atom's embedding to its (scaled) energy."""
-        return self.point_head(1, output_kwargs)
+        Forces and stress are the energy's derivatives and get no head.
+        """
+        return self.point_head(1, output_kwargs) if key == keys.ENERGY else None
 
     @override
     def target_specs(self) -> list[AttributeSpec]:

@@ -19,11 +19,6 @@ from matsci.tasks.physics._vector_head import (
     vector_outputs,
 )
 
-_NO_NOISY_POSITIONS = (
-    "NodeDenoisingTask: the batch has no 'noisy_pos'; add "
-    "matsci.transforms.NoisyPositions(scale=...) to the dataset's transforms"
-)
-
 
 class NodeDenoisingTask(BaseTaskModule):
     """Pretrain an encoder by predicting, for every atom, the noise added to its position.
@@ -105,18 +100,8 @@ class NodeDenoisingTask(BaseTaskModule):
 
     @override
     def target_specs(self) -> list[AttributeSpec]:
-        """``noisy_pos`` and ``denoise``: float [N, 3]."""
-        return [
-            AttributeSpec(keys.NOISY_POS, "node", (3,), finite=True),
-            AttributeSpec.node_target(keys.DENOISE, 3),
-        ]
-
-    @override
-    def check_batch(self, batch: Batch, *, with_targets: bool = True) -> None:
-        """Check the batch, first for ``noisy_pos`` with advice on how to get it."""
-        if getattr(batch, keys.NOISY_POS, None) is None:
-            raise ValueError(_NO_NOISY_POSITIONS)
-        super().check_batch(batch, with_targets=with_targets)
+        """``denoise``: float [N, 3] (``noisy_pos`` is asked for by :meth:`input_request`)."""
+        return [AttributeSpec.node_target(keys.DENOISE, 3)]
 
     @override
     def build_metrics(self, key: str) -> MetricCollection:
