@@ -19,7 +19,12 @@ nox.options.sessions = [
 PYTHON = "3.11"
 ROOT = Path(__file__).parent
 PACKAGES = sorted(path.name for path in (ROOT / "packages").iterdir() if path.is_dir())
-EXTRAS = {"matsci-heads": ["e3nn"], "matsci-data": ["aselmdb"]}
+EXTRAS = {
+    "matsci-heads": ["e3nn"],
+    "matsci-data": ["aselmdb"],
+    "matsci-cli": ["export"],
+    "matsci-simulate": ["torchsim", "lammps", "metatomic"],
+}
 IMPORT_PATHS = {
     "matsci-ase": "matsci.ase",
     "matsci-cli": "matsci.cli",
@@ -27,6 +32,7 @@ IMPORT_PATHS = {
     "matsci-data": "matsci.data",
     "matsci-encoders": "matsci.encoders",
     "matsci-heads": "matsci.heads",
+    "matsci-simulate": "matsci.simulate",
     "matsci-transforms": "matsci.transforms",
     "matsci-tasks-core": "matsci.tasks.core",
     "matsci-tasks-physics": "matsci.tasks.physics",

@@ -20,7 +20,9 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.trainer.states import TrainerStatus
 from typing_extensions import override
 
+from matsci.cli._entry import DESCRIPTION
 from matsci.cli._errors import DEBUG_VARIABLE, ConfigError, ShortErrorParser, shorten
+from matsci.cli._export import export_main
 from matsci.cli._paths import next_version, resolve_bundled
 from matsci.cli._plots import learning_curve_plot, write_parity_plots
 from matsci.cli._predict import predict_main
@@ -36,20 +38,6 @@ from matsci.training import (
     baseline_kind,
     baseline_metrics,
 )
-
-_DESCRIPTION: Final = """\
-Train, test and use matsci tasks from YAML configuration files.
-
-  matsci fit --config examples/forces_schnet.yaml     train, then test the best checkpoint
-  matsci test --config CONFIG --ckpt_path CKPT        test a checkpoint
-  matsci validate --config CONFIG --ckpt_path CKPT    validate a checkpoint
-  matsci predict --ckpt_path CKPT --data FILE [--output OUT.csv|OUT.db]
-                                                      predict for every structure of a file
-  matsci fit --config CONFIG --print_config           the complete config, to save and re-run
-
-Every task, encoder, data module, transform, loss, scheduler and callback is chosen by class
-path with its arguments in YAML. Set MATSCI_DEBUG=1 to see tracebacks instead of short errors.
-"""
 
 _JSONARGPARSE_NOTICES: Final = (
     r"\s*(By default only one JsonargparseDeprecation|skip_none parameter)"
@@ -160,7 +148,7 @@ class MatsciCLI(LightningCLI):
             save_config_callback=_SaveConfigAsGiven,
             parser_kwargs={
                 "prog": "matsci",
-                "description": _DESCRIPTION,
+                "description": DESCRIPTION,
                 "formatter_class": _DescriptionAsWritten,
             },
             # Tasks configure their optimizer and scheduler from their own arguments.
@@ -433,26 +421,20 @@ class _SaveConfigAsGiven(SaveConfigCallback):
         super().__init__(parser, config if given is None else given, **kwargs)
 
 
-def main(args: Sequence[str] | None = None) -> None:
-    """Run the ``matsci`` command; errors in the config end in one short message.
-
-    ``matsci fit|validate|test`` go to :class:`MatsciCLI`, ``matsci predict`` to the
-    prediction command. A mistake the user can fix (unknown class path, misspelled argument,
-    missing data file, target key absent from the data, ...) is printed as one line on
-    standard error and ends the program with status 2; set ``MATSCI_DEBUG=1`` for the full
-    traceback.
+def run_command(argv: Sequence[str]) -> None:
+    """Run one ``matsci`` subcommand (the work of :func:`matsci.cli.main` after ``--help``).
 
     Parameters
     ----------
-    args
-        Command-line arguments without the program name (default ``sys.argv[1:]``).
+    argv
+        Command-line arguments without the program name, starting with the subcommand.
 
     Raises
     ------
     SystemExit
         With status 2 on a user error (0 after ``--help`` or ``--print_config``).
     """
-    argv = list(sys.argv[1:] if args is None else args)
+    argv = list(argv)
     program, sys.argv = sys.argv, ["matsci", *argv]  # LightningCLI reads sys.argv
     try:
         with warnings.catch_warnings():
@@ -460,6 +442,8 @@ def main(args: Sequence[str] | None = None) -> None:
             warnings.filterwarnings("ignore", message=_JSONARGPARSE_NOTICES)
             if argv[:1] == ["predict"]:
                 predict_main(argv[1:])
+            elif argv[:1] == ["export"]:
+                export_main(argv[1:])
             else:
                 MatsciCLI()
     except _USER_ERRORS as error:

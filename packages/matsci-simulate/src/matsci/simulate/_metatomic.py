@@ -1,0 +1,327 @@
+"""Export a trained force field as a metatomic ``AtomisticModel`` (one TorchScript file)."""
+
+import copy
+import math
+import os
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Dict, List, Optional  # noqa: UP035 (TorchScript)
+
+import torch
+from torch import Tensor, nn
+from torch_geometric.data import Data
+
+from matsci.contract import keys
+from matsci.tasks.physics import ForceRegressionTask
+
+__all__ = ["export_metatomic"]
+
+_DTYPES = {torch.float32: "float32", torch.float64: "float64"}
+
+
+@contextmanager
+def _builtin_index_select() -> Iterator[None]:
+    """TorchScript can compile ``torch.index_select`` while this context is active.
+
+    PyTorch Geometric (2.8) replaces ``torch.index_select`` with a Python function for its
+    ``HashTensor``, which TorchScript cannot compile; metatensor's operations, scripted when
+    ``metatomic.torch`` is first imported, call it. Inside this context the name refers to
+    the ATen operator again (``torch.ops.aten.index_select``, the same kernel).
+    """
+    replaced = torch.index_select
+    torch.index_select = torch.ops.aten.index_select
+    try:
+        yield
+    finally:
+        torch.index_select = replaced
+
+
+# TorchScript resolves the annotations of the exported module from these module globals.
+try:
+    with _builtin_index_select():
+        from metatensor.torch import Labels, TensorBlock, TensorMap  # type: ignore[import-untyped]
+        from metatomic.torch import (  # type: ignore[import-untyped]
+            AtomisticModel,
+            ModelCapabilities,
+            ModelMetadata,
+            ModelOutput,
+            NeighborListOptions,
+            System,
+        )
+except ImportError as error:  # pragma: no cover - the extra is missing
+    _MISSING: ImportError | None = error
+else:
+    _MISSING = None
+
+
+class _AtomEnergies(nn.Module):
+    """Energy of every atom (eV) from edge vectors, through the task's own encoder and head.
+
+    The encoder recomputes edge vectors as ``pos[j] - pos[i] + offsets @ cell``; with zero
+    positions, the identity cell and the engine's distance vectors as offsets it gets exactly
+    those vectors, so gradients flow to them (and from them, through metatomic, to positions
+    and cell). This module is traced (the encoder reads a ``Data`` object, which TorchScript
+    cannot); the trace is checked on other sizes by :func:`export_metatomic`.
+    """
+
+    energy_scale: Tensor
+    energy_shift: Tensor
+    reference_energies: Tensor
+
+    def __init__(self, task: ForceRegressionTask) -> None:
+        super().__init__()
+        self.encoder = task.encoder
+        self.head = task.output_heads[keys.ENERGY]
+        self.register_buffer("energy_scale", task.energy_scale.detach().clone())
+        self.register_buffer("energy_shift", task.energy_shift.detach().clone())
+        self.register_buffer("reference_energies", task.reference_energies.detach().clone())
+
+    def forward(self, vectors: Tensor, numbers: Tensor, edge_index: Tensor) -> Tensor:
+        # vectors [E, 3], numbers [N], edge_index [2, E] -> energies [N]
+        identity = torch.eye(3, dtype=vectors.dtype, device=vectors.device).unsqueeze(0)
+        batch = Data(
+            pos=vectors.new_zeros(numbers.shape[0], 3),
+            atomic_numbers=numbers,
+            edge_index=edge_index,
+            cell=identity,
+            cell_offsets=vectors,
+            natoms=numbers.new_ones(1),
+        )
+        embeddings = self.encoder(batch)
+        atom: Tensor = self.head(embeddings.point_embedding).squeeze(-1)  # [N]
+        atom = self.energy_scale * atom + self.energy_shift
+        return atom + self.reference_energies[numbers].to(atom.dtype)
+
+
+class _MetatomicForceField(nn.Module):
+    """The module that metatomic runs: systems in, ``energy`` TensorMap out."""
+
+    def __init__(self, atom_energies: nn.Module, neighbors: NeighborListOptions) -> None:
+        super().__init__()
+        self.atom_energies = atom_energies
+        self.neighbors = neighbors
+
+    def requested_neighbor_lists(self) -> List[NeighborListOptions]:  # noqa: UP006
+        return [self.neighbors]
+
+    def forward(
+        self,
+        systems: List[System],  # noqa: UP006
+        outputs: Dict[str, ModelOutput],  # noqa: UP006
+        selected_atoms: Optional[Labels] = None,  # noqa: UP045
+    ) -> Dict[str, TensorMap]:  # noqa: UP006
+        results: Dict[str, TensorMap] = {}  # noqa: UP006
+        if "energy" not in outputs:
+            return results
+        device = systems[0].positions.device
+        vectors: List[Tensor] = []  # noqa: UP006
+        numbers: List[Tensor] = []  # noqa: UP006
+        pairs: List[Tensor] = []  # noqa: UP006
+        system_index: List[Tensor] = []  # noqa: UP006
+        atom_index: List[Tensor] = []  # noqa: UP006
+        start = 0
+        for i, system in enumerate(systems):
+            neighbors = system.get_neighbor_list(self.neighbors)
+            samples = neighbors.samples.values  # [E, 5]: first, second, shift a, b, c
+            vectors.append(neighbors.values.reshape(-1, 3))
+            pairs.append(samples[:, :2].T.to(torch.long) + start)
+            count = system.types.shape[0]
+            numbers.append(system.types.to(torch.long))
+            system_index.append(torch.full((count,), i, dtype=torch.long, device=device))
+            atom_index.append(torch.arange(count, dtype=torch.long, device=device))
+            start += count
+        atoms = self.atom_energies(
+            torch.cat(vectors), torch.cat(numbers), torch.cat(pairs, dim=1)
+        )  # [N]
+        structure = torch.cat(system_index)  # [N]
+        atom = torch.cat(atom_index)  # [N]
+        if selected_atoms is not None:
+            wanted = torch.zeros(atoms.shape[0], dtype=torch.bool, device=device)
+            chosen = selected_atoms.values.to(torch.long)  # [M, 2]: system, atom
+            first = torch.zeros(len(systems) + 1, dtype=torch.long, device=device)
+            first[1:] = torch.bincount(structure, minlength=len(systems)).cumsum(0)
+            wanted[first[chosen[:, 0]] + chosen[:, 1]] = True
+            atoms, structure, atom = atoms[wanted], structure[wanted], atom[wanted]
+        properties = Labels(["energy"], torch.zeros((1, 1), dtype=torch.int32, device=device))
+        if outputs["energy"].sample_kind == "atom":
+            samples = Labels(
+                ["system", "atom"], torch.stack([structure, atom], dim=1).to(torch.int32)
+            )
+            values = atoms.unsqueeze(-1)  # [N, 1]
+        else:
+            total = atoms.new_zeros(len(systems)).index_add(0, structure, atoms)  # [B]
+            samples = Labels(
+                ["system"],
+                torch.arange(len(systems), dtype=torch.int32, device=device).unsqueeze(-1),
+            )
+            values = total.unsqueeze(-1)  # [B, 1]
+        block = TensorBlock(values=values, samples=samples, components=[], properties=properties)
+        keys_ = Labels(["_"], torch.zeros((1, 1), dtype=torch.int32, device=device))
+        results["energy"] = TensorMap(keys_, [block])
+        return results
+
+
+def _example_graph(
+    num_atoms: int, numbers: Sequence[int], cutoff: float, dtype: torch.dtype, seed: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Random edge vectors (inside ``cutoff``), atomic numbers and edges for tracing."""
+    generator = torch.Generator().manual_seed(seed)
+    pick = torch.randint(len(numbers), (num_atoms,), generator=generator)
+    types = torch.tensor(list(numbers), dtype=torch.long)[pick]
+    pairs = torch.combinations(torch.arange(num_atoms), 2)  # [P, 2]
+    pairs = torch.cat([pairs, pairs.flip(1)]).T.contiguous()  # [2, 2P], a full list
+    directions = torch.randn(pairs.shape[1], 3, generator=generator, dtype=torch.float64)
+    lengths = 0.5 + (cutoff - 0.6) * torch.rand(pairs.shape[1], 1, generator=generator)
+    vectors = directions / directions.norm(dim=-1, keepdim=True) * lengths
+    return vectors.to(dtype), types, pairs
+
+
+def _trace(module: _AtomEnergies, numbers: Sequence[int], cutoff: float, dtype: torch.dtype) -> Any:
+    """Trace the per-atom energies and check the trace on graphs of other sizes."""
+    example = _example_graph(5, numbers, cutoff, dtype, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # type: ignore[attr-defined]
+        traced = torch.jit.trace(module, example, check_trace=False)  # type: ignore[no-untyped-call]
+    tolerance = 1e-5 if dtype == torch.float32 else 1e-10
+    for seed, num_atoms in enumerate((2, 9), start=1):
+        inputs = _example_graph(num_atoms, numbers, cutoff, dtype, seed)
+        expected, got = module(*inputs), traced(*inputs)
+        if got.shape != expected.shape or not torch.allclose(
+            got, expected, rtol=tolerance, atol=tolerance
+        ):
+            raise ValueError(
+                f"export_metatomic: the encoder {type(module.encoder).__name__} cannot be traced "
+                f"for graphs of any size (traced on 5 atoms, wrong on {num_atoms})"
+            )
+    return traced
+
+
+def export_metatomic(
+    checkpoint_or_task: str | os.PathLike[str] | ForceRegressionTask,
+    path: str | os.PathLike[str],
+    *,
+    dtype: torch.dtype = torch.float32,
+    task: str | int | None = None,
+    cutoff: float | None = None,
+    atomic_types: Sequence[int] | None = None,
+    name: str = "matsci force field",
+) -> Path:
+    r"""Write a trained force field as a metatomic ``AtomisticModel`` file.
+
+    The file is one TorchScript archive that metatomic's engines load without matsci
+    (ASE through ``metatomic_ase.MetatomicCalculator``, torch-sim, i-PI, LAMMPS built with
+    metatomic). It computes the energy of :class:`~matsci.tasks.physics.ForceRegressionTask`,
+    :math:`E = \sum_i (s\,\varepsilon_i + \mu + E^{\mathrm{ref}}_{Z_i})` in eV, per structure
+    or per atom, from the engine's full, strict neighbour list with the model's cutoff; the
+    engine takes forces and stress as its derivatives through the neighbour-list distance
+    vectors. The encoder and head are traced (:func:`torch.jit.trace`) inside a scripted
+    module; the trace is checked on graphs of other sizes before the file is written.
+
+    Parameters
+    ----------
+    checkpoint_or_task
+        A Lightning checkpoint (read with :func:`~matsci.training.load_model`) or a
+        :class:`~matsci.tasks.physics.ForceRegressionTask`.
+    path
+        The file to write (conventionally ``*.pt``).
+    dtype
+        ``torch.float32`` or ``torch.float64``: the model's (and the engine's) floating type.
+    task
+        For a multi-task checkpoint, the force task's name or index.
+    cutoff
+        Neighbour-list cutoff in Å; by default the one recorded in the checkpoint, else the
+        encoder's ``cutoff``.
+    atomic_types
+        Atomic numbers the model accepts; by default those with a nonzero reference energy
+        (the trained elements).
+    name
+        The model's name in its metadata.
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+
+    Raises
+    ------
+    ValueError
+        If the task is not a ``ForceRegressionTask``, no cutoff is known, the checkpoint's
+        graph keeps only ``max_neighbors`` neighbours (metatomic's lists keep all), ``dtype``
+        is not float32/float64, no atomic type is known, or the encoder cannot be traced.
+    """
+    if dtype not in _DTYPES:
+        raise ValueError(f"export_metatomic(dtype={dtype}): expected torch.float32 or float64")
+    if _MISSING is not None:
+        raise ImportError(
+            "export_metatomic needs metatomic-torch: pip install 'matsci-simulate[metatomic]'"
+        ) from _MISSING
+    force_task, cutoff = _force_task(checkpoint_or_task, task, cutoff)
+    force_task = copy.deepcopy(force_task).to(device="cpu", dtype=dtype).eval()
+    if atomic_types is None:
+        atomic_types = force_task.reference_energies.nonzero().flatten().tolist()
+    types = sorted({int(number) for number in atomic_types})
+    if not types:
+        raise ValueError(
+            "export_metatomic: the task has no nonzero reference energy to tell its elements; "
+            "give atomic_types="
+        )
+    for parameter in force_task.parameters():
+        parameter.requires_grad_(False)
+    traced = _trace(_AtomEnergies(force_task), types, cutoff, dtype)
+    options = NeighborListOptions(cutoff=cutoff, full_list=True, strict=True)
+    # Message passing: an atom feels atoms up to one cutoff per layer away.
+    encoder = force_task.encoder
+    layers = int(getattr(encoder, "num_interactions", getattr(encoder, "num_layers", 1)))
+    capabilities = ModelCapabilities(
+        outputs={"energy": ModelOutput(unit="eV", sample_kind="system")},
+        atomic_types=types,
+        interaction_range=cutoff * layers,
+        length_unit="Angstrom",
+        supported_devices=["cpu"],
+        dtype=_DTYPES[dtype],
+    )  # fmt: skip
+    metadata = ModelMetadata(name=name, description="Exported by matsci.")
+    model = AtomisticModel(_MetatomicForceField(traced, options).eval(), metadata, capabilities)
+    target = Path(path)
+    with _builtin_index_select(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*torch.jit.script.*deprecated")
+        model.save(os.fspath(target))
+    return target
+
+
+def _force_task(
+    source: str | os.PathLike[str] | ForceRegressionTask,
+    task: str | int | None,
+    cutoff: float | None,
+) -> tuple[ForceRegressionTask, float]:
+    """The force task and the neighbour-list cutoff."""
+    if isinstance(source, ForceRegressionTask):
+        force_task, recorded = source, None
+    else:
+        from matsci.training import load_model
+
+        loaded = load_model(source, task=task)
+        if not isinstance(loaded.task, ForceRegressionTask):
+            raise ValueError(
+                f"export_metatomic({os.fspath(source)!r}): the task is a "
+                f"{type(loaded.task).__name__}, not a ForceRegressionTask (an energy model); "
+                "pick one of a multi-task checkpoint with task="
+            )
+        force_task, recorded = loaded.task, loaded.graph
+    if cutoff is None and recorded is not None:
+        if recorded.max_neighbors is not None:
+            raise ValueError(
+                f"export_metatomic: the model was trained on graphs with max_neighbors="
+                f"{recorded.max_neighbors}; metatomic's neighbour lists keep every neighbour "
+                "within the cutoff"
+            )
+        cutoff = recorded.cutoff
+    if cutoff is None:
+        cutoff = getattr(force_task.encoder, "cutoff", None)
+    if cutoff is None or not 0 < float(cutoff) < math.inf:
+        raise ValueError(
+            f"export_metatomic: no valid cutoff ({cutoff!r}); give cutoff= (Å) as in training"
+        )
+    return force_task, float(cutoff)
