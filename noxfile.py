@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
 import tempfile
+import tomllib
 from pathlib import Path
 
 import nox
@@ -14,6 +16,7 @@ nox.options.error_on_missing_interpreters = True
 # `slow` is a default session (CI runs it as a job of its own, beside `integration`).
 nox.options.sessions = [
     "tests", "install_alone", "typecheck", "lint", "docs", "integration", "slow",
+    "exported_models",
 ]  # fmt: skip
 
 PYTHON = "3.11"
@@ -162,6 +165,65 @@ def integration(session: nox.Session) -> None:
     """
     _sync(session, "--all-packages", "--all-extras", "--group", "test")
     session.run("pytest", "tests-integration", "-m", "not gpu and not slow", *session.posargs)
+
+
+# metatomic-torchsim (every release that installs beside metatomic-ase 0.1.4) needs torch-sim 0.5+,
+# which needs Python 3.12: the environment that checks exported models uses it.
+EXPORT_CHECK_PYTHON = "3.12"
+EXPORT_CHECK_LOCKED = ["torch", "metatomic-torch", "metatomic-ase", "ase"]
+EXPORT_CHECK_UNLOCKED = ["metatomic-torchsim==0.1.7"]
+
+
+def _locked(*names: str) -> list[str]:
+    """``name==version`` of each package, as uv.lock pins it (so uv takes it from its cache)."""
+    lock = tomllib.loads((ROOT / "uv.lock").read_text())
+    pins = []
+    for name in names:
+        versions = {package["version"] for package in lock["package"] if package["name"] == name}
+        if len(versions) != 1:
+            raise ValueError(f"uv.lock: expected one version of {name}, found {sorted(versions)}")
+        pins.append(f"{name}=={versions.pop()}")
+    return pins
+
+
+def _interpreter(version: str) -> str:
+    """A Python ``version`` interpreter: uv's own discovery, else pyenv's, else ``version``.
+
+    With ``version`` itself, ``uv venv`` downloads that Python where it may.
+    """
+    found = subprocess.run(
+        ["uv", "python", "find", "--no-python-downloads", version],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if found.returncode == 0:
+        return found.stdout.strip()
+    pyenv = Path.home() / ".pyenv" / "versions"
+    candidates = sorted(pyenv.glob(f"{version}.*/bin/python{version}"), reverse=True)
+    return str(candidates[0]) if candidates else version
+
+
+@nox.session(python=PYTHON)
+def exported_models(session: nox.Session) -> None:
+    """Export both encoders for metatomic and check them where only torch and metatomic are.
+
+    Trains a SchNet and an equivariant force field for a few steps, exports each in float32 and
+    float64 and computes matsci's predictions on random structures (in the workspace
+    environment), then loads the files in a fresh environment without matsci, Lightning or
+    PyTorch Geometric and compares metatomic-ase's and metatomic-torchsim's predictions.
+    """
+    _sync(session, "--all-packages", "--all-extras")
+    with tempfile.TemporaryDirectory() as tmp:
+        models = Path(tmp) / "models"
+        session.run("python", "scripts/export_reference_models.py", str(models))
+        env = Path(tmp) / "venv-metatomic"
+        python = str(env / "bin" / "python")
+        interpreter = _interpreter(EXPORT_CHECK_PYTHON)
+        session.run("uv", "venv", "--quiet", "--python", interpreter, str(env))
+        session.run(
+            "uv", "pip", "install", "--quiet", "--python", python,
+            *_locked(*EXPORT_CHECK_LOCKED), *EXPORT_CHECK_UNLOCKED,
+        )  # fmt: skip
+        session.run(python, "scripts/check_exported_models.py", str(models), external=True)
 
 
 @nox.session(python=PYTHON, default=False)

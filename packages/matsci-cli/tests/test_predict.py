@@ -154,3 +154,25 @@ def test_prediction_applies_the_pre_transform_then_the_transform(
     assert isinstance(graph, PeriodicRadiusGraph)
     assert graph.cutoff == 3.5
     assert isinstance(noise, NoisyPositions)
+
+
+def test_an_element_the_model_never_saw_is_refused_naming_it(
+    fitted: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    silicon = tmp_path / "si.extxyz"
+    with ase.db.connect(bundled_dataset_path("emt")) as database:
+        atoms = next(database.select(limit=1)).toatoms()
+    atoms.numbers[0] = 14  # Si: no fitted reference energy, so the model never saw it
+    ase.io.write(silicon, [atoms], format="extxyz")
+    checkpoint = str(fitted / "checkpoints" / "best.ckpt")
+    with pytest.raises(SystemExit) as info:
+        main(["predict", "--ckpt_path", checkpoint, "--data", str(silicon),
+              "--output", str(tmp_path / "p.csv")])  # fmt: skip
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert re.search(
+        r"matsci predict: structure 0 \w*Si\w* has element \['Si'\] the model was not trained "
+        r"on; known elements: \['Al', 'Ni', 'Cu', 'Pd', 'Ag', 'Pt', 'Au'\]",
+        err,
+    ), err
+    assert not (tmp_path / "p.csv").exists()

@@ -5,20 +5,18 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Sequence
-from numbers import Integral
 from typing import Any, Final
 
 import numpy as np
 import torch
 from ase import Atoms
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
-from ase.data import atomic_numbers, chemical_symbols
 from ase.stress import full_3x3_to_voigt_6_stress
 from torch_geometric.data import Batch, Data
 
 from matsci.ase._checkpoint import ForceTask, load_force_task
 from matsci.contract import keys
-from matsci.tasks.physics import ForceRegressionTask, GradFreeForceRegression
+from matsci.tasks.physics import ForceRegressionTask, GradFreeForceRegression, KnownElements
 from matsci.transforms import PeriodicRadiusGraph
 
 __all__ = ["MatsciCalculator"]
@@ -173,7 +171,7 @@ class MatsciCalculator(Calculator):
         if not self.conservative:
             # Declared per instance: ASE tools read it to see what the calculator can give.
             self.implemented_properties = ["forces"]
-        self._known = self._known_elements(elements)
+        self._known = KnownElements.of(task, elements, owner="MatsciCalculator")
 
     @property
     def conservative(self) -> bool:
@@ -271,34 +269,10 @@ class MatsciCalculator(Calculator):
 
     # -- known elements -------------------------------------------------------------------------
 
-    def _known_elements(self, elements: Iterable[str | int] | None) -> frozenset[int] | None:
-        if elements is None:
-            if not isinstance(self.task, ForceRegressionTask):
-                return None  # a direct-force model has no reference energies to tell by
-            nonzero = torch.nonzero(self.task.reference_energies).reshape(-1).tolist()
-            return frozenset(int(z) for z in nonzero) or None
-        known = set()
-        for element in elements:
-            # Any integer kind (numpy's too), but not a bool.
-            number: object = atomic_numbers.get(element) if isinstance(element, str) else element
-            if (
-                isinstance(number, bool)
-                or not isinstance(number, Integral)
-                or not 1 <= int(number) < len(chemical_symbols)
-            ):
-                raise ValueError(
-                    f"MatsciCalculator(elements=...): {element!r} is not a chemical symbol or an "
-                    "atomic number in 1..118"
-                )
-            known.add(int(number))
-        return frozenset(known)
-
     @property
     def elements(self) -> list[str] | None:
         """Chemical symbols of the elements the model knows, or ``None`` if it cannot tell."""
-        if self._known is None:
-            return None
-        return [chemical_symbols[z] for z in sorted(self._known)]
+        return self._known.symbols
 
     def _check_structure(self, atoms: Atoms, index: int | None = None) -> None:
         where = "structure" if index is None else f"structure {index}"
@@ -307,15 +281,7 @@ class MatsciCalculator(Calculator):
         if len(atoms) == 0:
             raise ValueError(f"MatsciCalculator: {where} has no atoms")
         where = f"{where} {atoms.get_chemical_formula()}"
-        if self._known is None:
-            return
-        unknown = sorted(set(atoms.numbers.tolist()) - self._known)
-        if unknown:
-            raise ValueError(
-                f"MatsciCalculator: {where} has element "
-                f"{[chemical_symbols[z] for z in unknown]} the model was not trained on; known "
-                f"elements: {self.elements}"
-            )
+        self._known.check(atoms.numbers.tolist(), owner="MatsciCalculator", where=where)
 
     # -- evaluation ------------------------------------------------------------------------------
 

@@ -27,6 +27,7 @@ from matsci.cli._run_info import CHECKPOINT_KEY
 from matsci.contract import keys
 from matsci.data import AtomsDataset, ShardedDataset, data_to_atoms, open_dataset
 from matsci.tasks.core import BaseTaskModule, MultiTaskLitModule
+from matsci.tasks.physics import KnownElements
 from matsci.training import LoadedModel, load_model
 
 _DB_SUFFIXES: Final = (".db",)
@@ -153,7 +154,10 @@ def predict_to_file(
         On a missing checkpoint, one not written by ``matsci fit``, an unknown file type, or
         an output that is the input.
     ValueError
-        If the file is not a matsci checkpoint (see :func:`~matsci.training.load_model`).
+        If the file is not a matsci checkpoint (see :func:`~matsci.training.load_model`), or
+        a structure holds an element the model was not trained on (a force field knows the
+        elements with a fitted reference energy; see
+        :class:`~matsci.tasks.physics.KnownElements`).
     """
     data_path, output_path = Path(data), Path(output)
     if output_path.suffix not in _CSV_SUFFIXES + _DB_SUFFIXES:
@@ -166,7 +170,8 @@ def predict_to_file(
     structures = _dataset(data_path, transform)
     loaded.module.to(torch.device(device)).eval()
     predict, levels = _predictor(loaded, dataset)
-    rows = list(_predict_rows(predict, levels, structures, batch_size, torch.device(device)))
+    known = _known_elements(loaded, dataset)
+    rows = list(_predict_rows(predict, levels, structures, batch_size, torch.device(device), known))
     if output_path.suffix in _CSV_SUFFIXES:
         _write_csv(rows, output_path)
     else:
@@ -261,6 +266,19 @@ def _predictor(
     return predict, levels
 
 
+def _known_elements(loaded: LoadedModel, dataset: str | None) -> KnownElements:
+    """The elements every predicting task knows (the intersection over a dataset's tasks)."""
+    model = loaded.module
+    if not isinstance(model, MultiTaskLitModule):
+        return KnownElements.of(model, owner="matsci predict")
+    sets = [
+        KnownElements.of(model.task(task_id), owner="matsci predict").numbers
+        for task_id in model.dataset_tasks[_dataset_name(model, dataset)]
+    ]
+    told = [numbers for numbers in sets if numbers is not None]
+    return KnownElements(frozenset.intersection(*told) if told else None)
+
+
 def _transform(spec: Any) -> BaseTransform | None:
     """Instantiate the training data's transform from its config."""
     if spec is None:
@@ -287,18 +305,24 @@ def _predict_rows(
     dataset: AtomsDataset,
     batch_size: int,
     device: torch.device,
+    known: KnownElements,
 ) -> Iterator[dict[str, Any]]:
     """One dict per structure: id, formula, natoms, and predictions as NumPy arrays.
 
     Rows of a folder of shards also name their shard (``source``): row ids repeat across shards.
+    A batch with an element the model does not know is refused before it is predicted.
     """
     position = 0
     for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
-        batch = batch.to(device)
-        outputs = predict(batch)
         natoms = batch[keys.NATOMS].reshape(-1).tolist()
         offsets = np.cumsum([0, *natoms]).tolist()
         numbers = batch[keys.ATOMIC_NUMBERS].cpu().numpy()
+        for i in range(batch.num_graphs):
+            atoms = numbers[offsets[i] : offsets[i + 1]]
+            where = f"structure {int(batch[keys.STRUCTURE_ID][i])} {_formula(atoms)}"
+            known.check(atoms.tolist(), owner="matsci predict", where=where)
+        batch = batch.to(device)
+        outputs = predict(batch)
         for i in range(batch.num_graphs):
             row: dict[str, Any] = {
                 "structure_id": int(batch[keys.STRUCTURE_ID][i]),

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from torch_geometric.data import Data
 
 from matsci.contract import keys
-from matsci.tasks.physics import ForceRegressionTask
+from matsci.tasks.physics import ForceRegressionTask, KnownElements
 
 __all__ = ["export_metatomic"]
 
@@ -259,9 +259,8 @@ def export_metatomic(
         ) from _MISSING
     force_task, cutoff = _force_task(checkpoint_or_task, task, cutoff)
     force_task = copy.deepcopy(force_task).to(device="cpu", dtype=dtype).eval()
-    if atomic_types is None:
-        atomic_types = force_task.reference_energies.nonzero().flatten().tolist()
-    types = sorted({int(number) for number in atomic_types})
+    known = KnownElements.of(force_task, atomic_types, owner="export_metatomic")
+    types = sorted(known.numbers or ())
     if not types:
         raise ValueError(
             "export_metatomic: the task has no nonzero reference energy to tell its elements; "

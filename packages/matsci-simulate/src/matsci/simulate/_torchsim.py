@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from numbers import Integral
 from typing import Final
 
 import torch
-from ase.data import atomic_numbers, chemical_symbols
 from torch import Tensor
 from torch_geometric.data import Batch, Data
 from torch_sim.models.interface import ModelInterface
@@ -18,7 +16,7 @@ from torch_sim.typing import StateDict
 
 from matsci.contract import keys
 from matsci.tasks.core import MultiTaskLitModule
-from matsci.tasks.physics import ForceRegressionTask, GradFreeForceRegression
+from matsci.tasks.physics import ForceRegressionTask, GradFreeForceRegression, KnownElements
 from matsci.training import load_model
 from matsci.transforms import PeriodicRadiusGraph
 
@@ -161,7 +159,7 @@ class MatsciTorchSimModel(ModelInterface):  # type: ignore[misc]  # torch-sim sh
                 )
         self.graph = PeriodicRadiusGraph(cutoff=float(cutoff), max_neighbors=max_neighbors)
         self.task = task.to(device=device, dtype=dtype).eval()
-        self._known = _known_elements(task, elements)
+        self._known = KnownElements.of(task, elements, owner=_NAME)
         # The attributes torch-sim's ModelInterface reads through its properties.
         self._device = task.energy_scale.device
         self._dtype = task.energy_scale.dtype
@@ -172,9 +170,7 @@ class MatsciTorchSimModel(ModelInterface):  # type: ignore[misc]  # torch-sim sh
     @property
     def elements(self) -> list[str] | None:
         """Chemical symbols of the elements the model knows, or ``None`` if it cannot tell."""
-        if self._known is None:
-            return None
-        return [chemical_symbols[z] for z in sorted(self._known)]
+        return self._known.symbols
 
     @classmethod
     def from_checkpoint(
@@ -321,17 +317,13 @@ class MatsciTorchSimModel(ModelInterface):  # type: ignore[misc]  # torch-sim sh
         return Batch.from_data_list(structures)
 
     def _check_elements(self, numbers: Tensor, system_idx: Tensor) -> None:
-        if self._known is None:
+        if self._known.numbers is None:
             return
-        unknown = sorted(set(torch.unique(numbers).tolist()) - self._known)
-        if unknown:
-            where = torch.isin(numbers, torch.tensor(unknown))  # [N]
-            system = int(system_idx[where][0])
-            found = sorted(set(numbers[where & (system_idx == system)].tolist()))
-            raise ValueError(
-                f"{_NAME}: system {system} has element {[chemical_symbols[z] for z in found]} "
-                f"the model was not trained on; known elements: {self.elements}"
-            )
+        unknown = sorted(set(torch.unique(numbers).tolist()) - self._known.numbers)
+        if unknown:  # name the first system holding one
+            system = int(system_idx[torch.isin(numbers, torch.tensor(unknown))][0])
+            where = f"system {system}"
+            self._known.check(numbers[system_idx == system].tolist(), owner=_NAME, where=where)
 
     def extra_repr(self) -> str:
         """The graph settings, device, dtype, stress and known elements."""
@@ -343,27 +335,3 @@ class MatsciTorchSimModel(ModelInterface):  # type: ignore[misc]  # torch-sim sh
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.extra_repr()})"
-
-
-def _known_elements(
-    task: ForceRegressionTask, elements: Iterable[str | int] | None
-) -> frozenset[int] | None:
-    """Atomic numbers the model may see: ``elements``, else the nonzero reference energies."""
-    if elements is None:
-        nonzero = torch.nonzero(task.reference_energies).reshape(-1).tolist()
-        return frozenset(int(z) for z in nonzero) or None
-    known = set()
-    for element in elements:
-        # Any integer kind (numpy's too), but not a bool.
-        number: object = atomic_numbers.get(element) if isinstance(element, str) else element
-        if (
-            isinstance(number, bool)
-            or not isinstance(number, Integral)
-            or not 1 <= int(number) < len(chemical_symbols)
-        ):
-            raise ValueError(
-                f"{_NAME}(elements=...): {element!r} is not a chemical symbol or an atomic "
-                "number in 1..118"
-            )
-        known.add(int(number))
-    return frozenset(known)

@@ -13,6 +13,7 @@ from matsci.tasks.physics._gradfree_force import (
     GradFreeForceRegression,
     GradFreeForceRegressionTask,
 )
+from matsci.tasks.physics._known_elements import KnownElements
 from matsci.tasks.physics._node_denoising import NodeDenoisingTask
 from matsci.tasks.physics._vector_head import NotEquivariantWarning, VectorHead
 
@@ -24,6 +25,7 @@ __all__ = [
     "ForceRegressionTask",
     "GradFreeForceRegression",
     "GradFreeForceRegressionTask",
+    "KnownElements",
     "NodeDenoisingTask",
     "NotEquivariantWarning",
     "ReferenceEnergyFit",
