@@ -14,10 +14,9 @@ from ase.calculators.calculator import Calculator, PropertyNotImplementedError, 
 from ase.stress import full_3x3_to_voigt_6_stress
 from torch_geometric.data import Batch, Data
 
-from matsci.ase._checkpoint import ForceTask, load_force_task
+from matsci.ase._checkpoint import ForceTask, check_model_dtype, load_force_field, neighbour_graph
 from matsci.contract import keys
 from matsci.tasks.physics import ForceRegressionTask, GradFreeForceRegression, KnownElements
-from matsci.transforms import PeriodicRadiusGraph
 
 __all__ = ["MatsciCalculator"]
 
@@ -153,19 +152,8 @@ class MatsciCalculator(Calculator):
                 f"MatsciCalculator(task={type(task).__name__}): expected a ForceRegressionTask "
                 "(energy, forces, stress) or a GradFreeForceRegression (direct forces)"
             )
-        if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
-            raise ValueError(
-                f"MatsciCalculator(dtype={dtype!r}): expected a floating-point torch.dtype such "
-                "as torch.float32 or torch.float64"
-            )
-        if cutoff is None:
-            cutoff = getattr(task.encoder, "cutoff", None)
-            if cutoff is None:
-                raise ValueError(
-                    f"MatsciCalculator: give cutoff= (the neighbour graph's cutoff in training); "
-                    f"the encoder {type(task.encoder).__name__} has no 'cutoff' attribute"
-                )
-        self.graph = PeriodicRadiusGraph(cutoff=float(cutoff), max_neighbors=max_neighbors)
+        check_model_dtype(dtype, owner="MatsciCalculator")
+        self.graph = neighbour_graph(task, cutoff, max_neighbors, owner="MatsciCalculator")
         self.task: ForceTask = task.to(device=device, dtype=dtype).eval()
         self.device, self.dtype = _device_and_dtype(self.task)
         if not self.conservative:
@@ -242,26 +230,17 @@ class MatsciCalculator(Calculator):
             its tasks, names no cutoff anywhere, or ``max_neighbors`` is given without
             ``cutoff``.
         """
-        if max_neighbors is not None and cutoff is None:
-            raise ValueError(
-                f"MatsciCalculator.from_checkpoint(max_neighbors={max_neighbors}): give cutoff= "
-                "too; the two describe one neighbour graph"
-            )
-        force_task, recorded = load_force_task(path, task)
-        if cutoff is None:
-            if recorded is not None:
-                cutoff, max_neighbors = recorded.cutoff, recorded.max_neighbors
-            elif getattr(force_task.encoder, "cutoff", None) is None:
-                raise ValueError(
-                    f"MatsciCalculator.from_checkpoint(path={os.fspath(path)!r}): the checkpoint "
-                    "records no neighbour graph (no AtomsDataModule radius_graph) and the "
-                    f"encoder {type(force_task.encoder).__name__} has no 'cutoff'; give cutoff= "
-                    "(and max_neighbors=) as in training"
-                )
-        return cls(
-            force_task,
+        force_task, graph = load_force_field(
+            path,
+            task=task,
             cutoff=cutoff,
             max_neighbors=max_neighbors,
+            owner="MatsciCalculator.from_checkpoint",
+        )
+        return cls(
+            force_task,
+            cutoff=graph.cutoff,
+            max_neighbors=graph.max_neighbors,
             device=device,
             dtype=dtype,
             elements=elements,

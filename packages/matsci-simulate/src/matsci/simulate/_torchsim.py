@@ -14,11 +14,9 @@ from torch_sim.models.interface import ModelInterface
 from torch_sim.state import SimState
 from torch_sim.typing import StateDict
 
+from matsci.ase import check_model_dtype, load_force_field, neighbour_graph
 from matsci.contract import keys
-from matsci.tasks.core import MultiTaskLitModule
 from matsci.tasks.physics import ForceRegressionTask, GradFreeForceRegression, KnownElements
-from matsci.training import load_model
-from matsci.transforms import PeriodicRadiusGraph
 
 __all__ = ["MatsciTorchSimModel"]
 
@@ -140,24 +138,13 @@ class MatsciTorchSimModel(ModelInterface):  # type: ignore[misc]  # torch-sim sh
                 f"{_NAME}(task={type(task).__name__}): expected a ForceRegressionTask "
                 "(energy, forces and stress)"
             )
-        if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
-            raise ValueError(
-                f"{_NAME}(dtype={dtype!r}): expected a floating-point torch.dtype such as "
-                "torch.float32 or torch.float64"
-            )
+        check_model_dtype(dtype, owner=_NAME)
         if compute_stress and not task.compute_stress:
             raise ValueError(
                 f"{_NAME}(compute_stress=True): the task was trained without stress "
                 "(ForceRegressionTask(compute_stress=False)); pass compute_stress=False"
             )
-        if cutoff is None:
-            cutoff = getattr(task.encoder, "cutoff", None)
-            if cutoff is None:
-                raise ValueError(
-                    f"{_NAME}: give cutoff= (the neighbour graph's cutoff in training); the "
-                    f"encoder {type(task.encoder).__name__} has no 'cutoff' attribute"
-                )
-        self.graph = PeriodicRadiusGraph(cutoff=float(cutoff), max_neighbors=max_neighbors)
+        self.graph = neighbour_graph(task, cutoff, max_neighbors, owner=_NAME)
         self.task = task.to(device=device, dtype=dtype).eval()
         self._known = KnownElements.of(task, elements, owner=_NAME)
         # The attributes torch-sim's ModelInterface reads through its properties.
@@ -216,32 +203,23 @@ class MatsciTorchSimModel(ModelInterface):  # type: ignore[misc]  # torch-sim sh
             ``GradFreeForceRegression`` included) or several tasks and ``task`` is not given,
             or as the constructor does.
         """
-        where = f"{_NAME}.from_checkpoint(path={os.fspath(path)!r})"
-        loaded = load_model(path, task=task)
-        if loaded.task is None:
-            assert isinstance(loaded.module, MultiTaskLitModule)  # only then is no task chosen
-            raise ValueError(
-                f"{where}: a multi-task checkpoint; choose the task with task=, one of "
-                f"{loaded.module.task_names}"
-            )
-        if not isinstance(loaded.task, ForceRegressionTask):
-            raise ValueError(
-                f"{where}: the task is a {type(loaded.task).__name__}, not a "
-                "ForceRegressionTask; torch-sim needs a model with an energy (and its forces "
-                "and stress)"
-            )
-        if cutoff is None and loaded.graph is not None:
-            cutoff, max_neighbors = loaded.graph.cutoff, loaded.graph.max_neighbors
-        elif cutoff is None and getattr(loaded.task.encoder, "cutoff", None) is None:
-            raise ValueError(
-                f"{where}: the checkpoint records no neighbour graph (no AtomsDataModule "
-                f"radius_graph) and the encoder {type(loaded.task.encoder).__name__} has no "
-                "'cutoff'; give cutoff= (and max_neighbors=) as in training"
-            )
-        return cls(
-            loaded.task,
+        force_task, graph = load_force_field(
+            path,
+            task=task,
             cutoff=cutoff,
             max_neighbors=max_neighbors,
+            owner=f"{_NAME}.from_checkpoint",
+        )
+        if not isinstance(force_task, ForceRegressionTask):
+            raise ValueError(
+                f"{_NAME}.from_checkpoint(path={os.fspath(path)!r}): the task is a "
+                f"{type(force_task).__name__}, not a ForceRegressionTask; torch-sim needs a "
+                "model with an energy (and its forces and stress)"
+            )
+        return cls(
+            force_task,
+            cutoff=graph.cutoff,
+            max_neighbors=graph.max_neighbors,
             device=device,
             dtype=dtype,
             compute_stress=compute_stress,
