@@ -8,9 +8,10 @@ by its class path, with its arguments in YAML.
 
 from __future__ import annotations
 
-import importlib
 from importlib.metadata import version as _version
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from matsci.contract import lazy_exports
 
 if TYPE_CHECKING:
     from matsci.cli._cli import MatsciCLI
@@ -82,15 +83,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    """Import a public name from its module on first use."""
-    module = _MODULE_OF.get(name)
-    if module is None:
-        raise AttributeError(f"module 'matsci.cli' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"matsci.cli.{module}"), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, _MODULE_OF)

@@ -13,11 +13,11 @@ Names are imported on first use (PEP 562), so a package that needs only the clas
 
 from __future__ import annotations
 
-import importlib
 from importlib.metadata import version as _version
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from matsci.contract import keys
+from matsci.contract._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from matsci.contract._dataset_statistics import NUM_ELEMENTS, DatasetStatistics
@@ -86,6 +86,7 @@ __all__ = [
     "import_class",
     "instance_config",
     "keys",
+    "lazy_exports",
     "module_config",
     "to_plain",
     "validate_batch",
@@ -93,15 +94,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    """Import a public name from its module on first use."""
-    module = _MODULE_OF.get(name)
-    if module is None:
-        raise AttributeError(f"module 'matsci.contract' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"matsci.contract.{module}"), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, _MODULE_OF)

@@ -9,9 +9,10 @@ are imported on first use, so ``import matsci.simulate`` works without any of th
 
 from __future__ import annotations
 
-import importlib
 from importlib.metadata import version as _version
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from matsci.contract import lazy_exports
 
 if TYPE_CHECKING:
     from matsci.simulate._lammps import (
@@ -48,15 +49,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    """Import a public name from its module (and its simulator) on first use."""
-    module = _MODULE_OF.get(name)
-    if module is None:
-        raise AttributeError(f"module 'matsci.simulate' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"matsci.simulate.{module}"), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, _MODULE_OF)

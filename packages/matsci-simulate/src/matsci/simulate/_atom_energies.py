@@ -1,0 +1,100 @@
+"""Per-atom energies of a trained force field from edge vectors, shared by the exporters.
+
+:func:`~matsci.simulate.export_metatomic` and :func:`~matsci.simulate.export_program` both run
+the task's own encoder and energy head on a neighbour list given by a simulator, as edge
+vectors; this module holds that piece and the rules that pick the task and its cutoff.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+from torch import Tensor, nn
+from torch_geometric.data import Data
+
+from matsci.contract import keys
+from matsci.tasks.physics import ForceRegressionTask
+
+__all__: list[str] = []
+
+
+class _AtomEnergies(nn.Module):
+    """Energy of every atom (eV) from edge vectors, through the task's own encoder and head.
+
+    The encoder recomputes edge vectors as ``pos[j] - pos[i] + offsets @ cell``; with zero
+    positions, the identity cell and the engine's distance vectors as offsets it gets exactly
+    those vectors, so gradients flow to them (and from them to positions and cell). The
+    module is traced by the exporters (the encoder reads a ``Data`` object, which TorchScript
+    cannot script), and each checks its trace on graphs of other sizes.
+    """
+
+    energy_scale: Tensor
+    energy_shift: Tensor
+    reference_energies: Tensor
+
+    def __init__(self, task: ForceRegressionTask) -> None:
+        super().__init__()
+        self.encoder = task.encoder
+        self.head = task.output_heads[keys.ENERGY]
+        self.register_buffer("energy_scale", task.energy_scale.detach().clone())
+        self.register_buffer("energy_shift", task.energy_shift.detach().clone())
+        self.register_buffer("reference_energies", task.reference_energies.detach().clone())
+
+    def forward(self, vectors: Tensor, numbers: Tensor, edge_index: Tensor) -> Tensor:
+        # vectors [E, 3], numbers [N], edge_index [2, E] -> energies [N]
+        identity = torch.eye(3, dtype=vectors.dtype, device=vectors.device).unsqueeze(0)
+        batch = Data(
+            pos=vectors.new_zeros(numbers.shape[0], 3),
+            atomic_numbers=numbers,
+            edge_index=edge_index,
+            cell=identity,
+            cell_offsets=vectors,
+            natoms=numbers.new_ones(1),
+        )
+        embeddings = self.encoder(batch)
+        atom: Tensor = self.head(embeddings.point_embedding).squeeze(-1)  # [N]
+        atom = self.energy_scale * atom + self.energy_shift
+        return atom + self.reference_energies[numbers].to(atom.dtype)
+
+
+def _force_task(
+    source: str | os.PathLike[str] | ForceRegressionTask,
+    task: str | int | None,
+    cutoff: float | None,
+    *,
+    owner: str,
+) -> tuple[ForceRegressionTask, float]:
+    """The force task and the neighbour-list cutoff (``owner`` names the caller in errors).
+
+    The cutoff is ``cutoff`` if given, else the one the checkpoint recorded, else the
+    encoder's ``cutoff``. A model trained on graphs that keep only ``max_neighbors``
+    neighbours is refused: simulators' neighbour lists keep every neighbour in the cutoff.
+    """
+    if isinstance(source, ForceRegressionTask):
+        force_task, recorded = source, None
+    else:
+        from matsci.training import load_model
+
+        loaded = load_model(source, task=task)
+        if not isinstance(loaded.task, ForceRegressionTask):
+            raise ValueError(
+                f"{owner}({os.fspath(source)!r}): the task is a "
+                f"{type(loaded.task).__name__}, not a ForceRegressionTask (an energy model); "
+                "pick one of a multi-task checkpoint with task="
+            )
+        force_task, recorded = loaded.task, loaded.graph
+    if cutoff is None and recorded is not None:
+        if recorded.max_neighbors is not None:
+            raise ValueError(
+                f"{owner}: the model was trained on graphs with max_neighbors="
+                f"{recorded.max_neighbors}; the exported model is given every neighbour "
+                "within the cutoff"
+            )
+        cutoff = recorded.cutoff
+    if cutoff is None:
+        cutoff = getattr(force_task.encoder, "cutoff", None)
+    if cutoff is None or not 0 < float(cutoff) < math.inf:
+        raise ValueError(f"{owner}: no valid cutoff ({cutoff!r}); give cutoff= (Å) as in training")
+    return force_task, float(cutoff)
