@@ -18,7 +18,8 @@ LAYERS = {
     "matsci-tasks-physics": 3,
     "matsci-training": 3,
     "matsci-ase": 4,
-    "matsci-cli": 5,
+    "matsci-simulate": 5,
+    "matsci-cli": 6,
 }
 IMPORTS = {
     "matsci.contract": "matsci-contract",
@@ -30,14 +31,19 @@ IMPORTS = {
     "matsci.tasks.physics": "matsci-tasks-physics",
     "matsci.training": "matsci-training",
     "matsci.ase": "matsci-ase",
+    "matsci.simulate": "matsci-simulate",
     "matsci.cli": "matsci-cli",
 }
 
 
 def _declared(package: str) -> set[str]:
+    """The matsci distributions a package depends on, its optional extras included."""
     with (ROOT / "packages" / package / "pyproject.toml").open("rb") as handle:
         project = tomllib.load(handle)["project"]
-    names = {re.split(r"[\s<>=\[;]", requirement)[0] for requirement in project["dependencies"]}
+    requirements = list(project["dependencies"])
+    for extra in project.get("optional-dependencies", {}).values():
+        requirements += extra
+    names = {re.split(r"[\s<>=\[;]", requirement)[0] for requirement in requirements}
     return {name for name in names if name.startswith("matsci-")}
 
 

@@ -38,6 +38,8 @@ def check_model_dtype(dtype: torch.dtype | None, *, owner: str) -> None:
 
     Examples
     --------
+    >>> import torch
+    >>> from matsci.ase import check_model_dtype
     >>> check_model_dtype(torch.int64, owner="MatsciCalculator")
     Traceback (most recent call last):
     ...

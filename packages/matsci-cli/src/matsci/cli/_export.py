@@ -10,9 +10,11 @@ import torch
 
 from matsci.cli._errors import ConfigError, ShortErrorParser
 
-FORMATS: Final = ("metatomic",)
-"""The formats ``matsci export`` writes: ``metatomic`` (an ``AtomisticModel`` TorchScript file
-for metatomic's engines: ASE, torch-sim, i-PI, LAMMPS builds with metatomic)."""
+FORMATS: Final = {"metatomic": ".pt", "torch-export": ".pt2"}
+"""The formats ``matsci export`` writes, with their default suffix: ``metatomic`` (an
+``AtomisticModel`` TorchScript file for metatomic's engines: ASE, torch-sim, i-PI, LAMMPS builds
+with metatomic) and ``torch-export`` (a :func:`torch.export` program of energy, forces and
+stress that runs with torch alone)."""
 
 _DTYPES: Final = {"float32": torch.float32, "float64": torch.float64}
 
@@ -34,7 +36,10 @@ def export_parser() -> ShortErrorParser:
             "TorchScript file holding the encoder, the energy head, the fitted scale, shift "
             "and reference energies, the cutoff and the trained elements, which "
             "metatomic-ase, metatomic-torchsim, i-PI and LAMMPS builds with metatomic load "
-            "with torch and metatomic alone. Needs matsci-simulate[metatomic]."
+            "with torch and metatomic alone. --format torch-export writes a torch.export "
+            "program (.pt2) of energy, forces and stress from positions, atomic numbers and a "
+            "neighbour list, which runs with torch alone (torch.export.load). Needs "
+            "matsci-simulate[metatomic] (install matsci-cli[export])."
         ),
     )
     parser.add_argument("ckpt_path", type=str, help="Checkpoint of `matsci fit`.")
@@ -86,14 +91,15 @@ def export_main(args: Sequence[str]) -> None:
     if not checkpoint.is_file():
         raise ConfigError(f"matsci export: no checkpoint file at {checkpoint}")
     try:
-        from matsci.simulate import export_metatomic
+        from matsci.simulate import export_metatomic, export_program
     except ImportError as error:
         raise ConfigError(
-            "matsci export --format metatomic needs matsci-simulate[metatomic] "
-            f"(install matsci-cli[export]): {error}"
+            f"matsci export needs matsci-simulate[metatomic] (install matsci-cli[export]): {error}"
         ) from error
-    output = Path(config.output) if config.output else checkpoint.with_suffix(".pt")
-    written = export_metatomic(
+    suffix = FORMATS[config.format]
+    output = Path(config.output) if config.output else checkpoint.with_suffix(suffix)
+    export = export_metatomic if config.format == "metatomic" else export_program
+    written = export(
         checkpoint, output, dtype=_DTYPES[config.dtype], task=config.task, cutoff=config.cutoff
     )
-    print(f"matsci: metatomic model written to {written}")
+    print(f"matsci: {config.format} model written to {written}")

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
         open_lammps,
     )
     from matsci.simulate._metatomic import export_metatomic
+    from matsci.simulate._torch_export import export_program
     from matsci.simulate._torchsim import MatsciTorchSimModel
 
 __version__ = _version("matsci-simulate")
@@ -34,6 +35,7 @@ _MODULE_OF: dict[str, str] = {
     "lammps_from_atoms": "_lammps",
     "open_lammps": "_lammps",
     "export_metatomic": "_metatomic",
+    "export_program": "_torch_export",
     "MatsciTorchSimModel": "_torchsim",
 }
 
@@ -44,6 +46,7 @@ __all__ = [
     "atoms_from_lammps",
     "attach_fix_external",
     "export_metatomic",
+    "export_program",
     "lammps_from_atoms",
     "open_lammps",
 ]

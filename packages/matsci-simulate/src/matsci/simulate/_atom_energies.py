@@ -17,10 +17,10 @@ from torch_geometric.data import Data
 from matsci.contract import keys
 from matsci.tasks.physics import ForceRegressionTask
 
-__all__: list[str] = []
+__all__ = ["AtomEnergies", "exported_force_task"]
 
 
-class _AtomEnergies(nn.Module):
+class AtomEnergies(nn.Module):
     """Energy of every atom (eV) from edge vectors, through the task's own encoder and head.
 
     The encoder recomputes edge vectors as ``pos[j] - pos[i] + offsets @ cell``; with zero
@@ -59,7 +59,7 @@ class _AtomEnergies(nn.Module):
         return atom + self.reference_energies[numbers].to(atom.dtype)
 
 
-def _force_task(
+def exported_force_task(
     source: str | os.PathLike[str] | ForceRegressionTask,
     task: str | int | None,
     cutoff: float | None,

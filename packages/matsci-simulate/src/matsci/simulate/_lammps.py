@@ -562,7 +562,10 @@ def attach_fix_external(
     --------
     >>> import torch
     >>> from ase.build import bulk
+    >>> from matsci.ase import MatsciCalculator
     >>> from matsci.encoders import SchNetEncoder
+    >>> from matsci.simulate import attach_fix_external, lammps_from_atoms
+    >>> from matsci.tasks.physics import ForceRegressionTask
     >>> task = ForceRegressionTask(
     ...     encoder=SchNetEncoder(hidden_channels=8, num_filters=8, num_interactions=1,
     ...                           num_gaussians=8, cutoff=3.0),

@@ -1,7 +1,6 @@
 """Export a trained force field as a metatomic ``AtomisticModel`` (one TorchScript file)."""
 
 import copy
-import math
 import os
 import warnings
 from collections.abc import Iterator, Sequence
@@ -11,9 +10,8 @@ from typing import Any, Dict, List, Optional  # noqa: UP035 (TorchScript)
 
 import torch
 from torch import Tensor, nn
-from torch_geometric.data import Data
 
-from matsci.contract import keys
+from matsci.simulate._atom_energies import AtomEnergies, exported_force_task
 from matsci.tasks.physics import ForceRegressionTask, KnownElements
 
 __all__ = ["export_metatomic"]
@@ -54,45 +52,6 @@ except ImportError as error:  # pragma: no cover - the extra is missing
     _MISSING: ImportError | None = error
 else:
     _MISSING = None
-
-
-class _AtomEnergies(nn.Module):
-    """Energy of every atom (eV) from edge vectors, through the task's own encoder and head.
-
-    The encoder recomputes edge vectors as ``pos[j] - pos[i] + offsets @ cell``; with zero
-    positions, the identity cell and the engine's distance vectors as offsets it gets exactly
-    those vectors, so gradients flow to them (and from them, through metatomic, to positions
-    and cell). This module is traced (the encoder reads a ``Data`` object, which TorchScript
-    cannot); the trace is checked on other sizes by :func:`export_metatomic`.
-    """
-
-    energy_scale: Tensor
-    energy_shift: Tensor
-    reference_energies: Tensor
-
-    def __init__(self, task: ForceRegressionTask) -> None:
-        super().__init__()
-        self.encoder = task.encoder
-        self.head = task.output_heads[keys.ENERGY]
-        self.register_buffer("energy_scale", task.energy_scale.detach().clone())
-        self.register_buffer("energy_shift", task.energy_shift.detach().clone())
-        self.register_buffer("reference_energies", task.reference_energies.detach().clone())
-
-    def forward(self, vectors: Tensor, numbers: Tensor, edge_index: Tensor) -> Tensor:
-        # vectors [E, 3], numbers [N], edge_index [2, E] -> energies [N]
-        identity = torch.eye(3, dtype=vectors.dtype, device=vectors.device).unsqueeze(0)
-        batch = Data(
-            pos=vectors.new_zeros(numbers.shape[0], 3),
-            atomic_numbers=numbers,
-            edge_index=edge_index,
-            cell=identity,
-            cell_offsets=vectors,
-            natoms=numbers.new_ones(1),
-        )
-        embeddings = self.encoder(batch)
-        atom: Tensor = self.head(embeddings.point_embedding).squeeze(-1)  # [N]
-        atom = self.energy_scale * atom + self.energy_shift
-        return atom + self.reference_energies[numbers].to(atom.dtype)
 
 
 class _MetatomicForceField(nn.Module):
@@ -178,7 +137,7 @@ def _example_graph(
     return vectors.to(dtype), types, pairs
 
 
-def _trace(module: _AtomEnergies, numbers: Sequence[int], cutoff: float, dtype: torch.dtype) -> Any:
+def _trace(module: AtomEnergies, numbers: Sequence[int], cutoff: float, dtype: torch.dtype) -> Any:
     """Trace the per-atom energies and check the trace on graphs of other sizes."""
     example = _example_graph(5, numbers, cutoff, dtype, seed=0)
     with warnings.catch_warnings():
@@ -257,7 +216,9 @@ def export_metatomic(
         raise ImportError(
             "export_metatomic needs metatomic-torch: pip install 'matsci-simulate[metatomic]'"
         ) from _MISSING
-    force_task, cutoff = _force_task(checkpoint_or_task, task, cutoff)
+    force_task, cutoff = exported_force_task(
+        checkpoint_or_task, task, cutoff, owner="export_metatomic"
+    )
     force_task = copy.deepcopy(force_task).to(device="cpu", dtype=dtype).eval()
     known = KnownElements.of(force_task, atomic_types, owner="export_metatomic")
     types = sorted(known.numbers or ())
@@ -268,7 +229,7 @@ def export_metatomic(
         )
     for parameter in force_task.parameters():
         parameter.requires_grad_(False)
-    traced = _trace(_AtomEnergies(force_task), types, cutoff, dtype)
+    traced = _trace(AtomEnergies(force_task), types, cutoff, dtype)
     options = NeighborListOptions(cutoff=cutoff, full_list=True, strict=True)
     # Message passing: an atom feels atoms up to one cutoff per layer away.
     encoder = force_task.encoder
@@ -288,39 +249,3 @@ def export_metatomic(
         warnings.filterwarnings("ignore", message=".*torch.jit.script.*deprecated")
         model.save(os.fspath(target))
     return target
-
-
-def _force_task(
-    source: str | os.PathLike[str] | ForceRegressionTask,
-    task: str | int | None,
-    cutoff: float | None,
-) -> tuple[ForceRegressionTask, float]:
-    """The force task and the neighbour-list cutoff."""
-    if isinstance(source, ForceRegressionTask):
-        force_task, recorded = source, None
-    else:
-        from matsci.training import load_model
-
-        loaded = load_model(source, task=task)
-        if not isinstance(loaded.task, ForceRegressionTask):
-            raise ValueError(
-                f"export_metatomic({os.fspath(source)!r}): the task is a "
-                f"{type(loaded.task).__name__}, not a ForceRegressionTask (an energy model); "
-                "pick one of a multi-task checkpoint with task="
-            )
-        force_task, recorded = loaded.task, loaded.graph
-    if cutoff is None and recorded is not None:
-        if recorded.max_neighbors is not None:
-            raise ValueError(
-                f"export_metatomic: the model was trained on graphs with max_neighbors="
-                f"{recorded.max_neighbors}; metatomic's neighbour lists keep every neighbour "
-                "within the cutoff"
-            )
-        cutoff = recorded.cutoff
-    if cutoff is None:
-        cutoff = getattr(force_task.encoder, "cutoff", None)
-    if cutoff is None or not 0 < float(cutoff) < math.inf:
-        raise ValueError(
-            f"export_metatomic: no valid cutoff ({cutoff!r}); give cutoff= (Å) as in training"
-        )
-    return force_task, float(cutoff)

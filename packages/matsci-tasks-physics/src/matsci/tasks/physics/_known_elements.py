@@ -30,6 +30,7 @@ class KnownElements:
 
     Examples
     --------
+    >>> from matsci.tasks.physics import KnownElements
     >>> known = KnownElements(frozenset({29, 79}))
     >>> known.symbols
     ['Cu', 'Au']
