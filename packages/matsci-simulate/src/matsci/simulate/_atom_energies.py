@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -17,7 +19,7 @@ from torch_geometric.data import Data
 from matsci.contract import keys
 from matsci.tasks.physics import ForceRegressionTask
 
-__all__ = ["AtomEnergies", "exported_force_task"]
+__all__ = ["AtomEnergies", "check_on_other_graphs", "exported_force_task"]
 
 
 class AtomEnergies(nn.Module):
@@ -98,3 +100,48 @@ def exported_force_task(
     if cutoff is None or not 0 < float(cutoff) < math.inf:
         raise ValueError(f"{owner}: no valid cutoff ({cutoff!r}); give cutoff= (Å) as in training")
     return force_task, float(cutoff)
+
+
+def check_on_other_graphs(
+    reference: Callable[..., Any],
+    exported: Callable[..., Any],
+    graphs: Iterable[tuple[int, tuple[Tensor, ...]]],
+    dtype: torch.dtype,
+    *,
+    failure: str,
+) -> None:
+    """Refuse an exported model that differs from the module it came from on other graphs.
+
+    Tracing records one graph size; an encoder whose operations depend on it would give wrong
+    results elsewhere, silently. Both exporters run their result on graphs of other sizes
+    before writing a file.
+
+    Parameters
+    ----------
+    reference
+        The module that was exported.
+    exported
+        The traced or exported module.
+    graphs
+        ``(number of atoms, inputs)`` pairs to compare on.
+    dtype
+        The model's floating type (1e-5 tolerance for float32, 1e-10 for float64).
+    failure
+        The start of the message (who exported what).
+
+    Raises
+    ------
+    ValueError
+        ``failure``, naming the size where an output differs (NaN equals NaN).
+    """
+    tolerance = 1e-5 if dtype == torch.float32 else 1e-10
+    for num_atoms, inputs in graphs:
+        expected, got = reference(*inputs), exported(*inputs)
+        pairs = (
+            zip(expected, got, strict=True) if isinstance(expected, tuple) else [(expected, got)]
+        )
+        for want, have in pairs:
+            if have.shape != want.shape or not torch.allclose(
+                have, want, rtol=tolerance, atol=tolerance, equal_nan=True
+            ):
+                raise ValueError(f"{failure} (traced on 5 atoms, wrong on {num_atoms})")

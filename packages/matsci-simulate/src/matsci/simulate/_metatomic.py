@@ -11,7 +11,11 @@ from typing import Any, Dict, List, Optional  # noqa: UP035 (TorchScript)
 import torch
 from torch import Tensor, nn
 
-from matsci.simulate._atom_energies import AtomEnergies, exported_force_task
+from matsci.simulate._atom_energies import (
+    AtomEnergies,
+    check_on_other_graphs,
+    exported_force_task,
+)
 from matsci.tasks.physics import ForceRegressionTask, KnownElements
 
 __all__ = ["export_metatomic"]
@@ -143,17 +147,17 @@ def _trace(module: AtomEnergies, numbers: Sequence[int], cutoff: float, dtype: t
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)  # type: ignore[attr-defined]
         traced = torch.jit.trace(module, example, check_trace=False)  # type: ignore[no-untyped-call]
-    tolerance = 1e-5 if dtype == torch.float32 else 1e-10
-    for seed, num_atoms in enumerate((2, 9), start=1):
-        inputs = _example_graph(num_atoms, numbers, cutoff, dtype, seed)
-        expected, got = module(*inputs), traced(*inputs)
-        if got.shape != expected.shape or not torch.allclose(
-            got, expected, rtol=tolerance, atol=tolerance
-        ):
-            raise ValueError(
-                f"export_metatomic: the encoder {type(module.encoder).__name__} cannot be traced "
-                f"for graphs of any size (traced on 5 atoms, wrong on {num_atoms})"
-            )
+    check_on_other_graphs(
+        module,
+        traced,
+        [
+            (size, _example_graph(size, numbers, cutoff, dtype, seed))
+            for seed, size in ((1, 2), (2, 9))
+        ],
+        dtype,
+        failure=f"export_metatomic: the encoder {type(module.encoder).__name__} cannot be traced "
+        "for graphs of any size",
+    )
     return traced
 
 

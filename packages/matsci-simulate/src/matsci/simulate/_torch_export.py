@@ -11,7 +11,11 @@ import torch
 from torch import Tensor, nn
 from torch.fx.experimental.proxy_tensor import make_fx
 
-from matsci.simulate._atom_energies import AtomEnergies, exported_force_task
+from matsci.simulate._atom_energies import (
+    AtomEnergies,
+    check_on_other_graphs,
+    exported_force_task,
+)
 from matsci.tasks.physics import ForceRegressionTask, KnownElements
 
 __all__ = ["export_program"]
@@ -139,18 +143,16 @@ def _export(
             f"{_OWNER}: the encoder {name} cannot be exported with torch.export "
             f"({type(error).__name__}: {error})"
         ) from error
-    exported = program.module()
-    tolerance = 1e-5 if dtype == torch.float32 else 1e-10
-    for seed, (num_atoms, num_edges) in enumerate(((2, 3), (11, 61)), start=1):
-        inputs = _example(num_atoms, num_edges, numbers, cutoff, dtype, seed)
-        for expected, got in zip(module(*inputs), exported(*inputs), strict=True):
-            if got.shape != expected.shape or not torch.allclose(
-                got, expected, rtol=tolerance, atol=tolerance, equal_nan=True
-            ):
-                raise ValueError(
-                    f"{_OWNER}: the exported encoder {name} is wrong on a graph of another size "
-                    f"(traced on 5 atoms, wrong on {num_atoms})"
-                )
+    check_on_other_graphs(
+        module,
+        program.module(),
+        [
+            (atoms, _example(atoms, edges, numbers, cutoff, dtype, seed))
+            for seed, (atoms, edges) in ((1, (2, 3)), (2, (11, 61)))
+        ],
+        dtype,
+        failure=f"{_OWNER}: the exported encoder {name} is wrong on a graph of another size",
+    )
     return program
 
 
