@@ -48,7 +48,7 @@ def export_parser() -> ShortErrorParser:
     )
     parser.add_argument(
         "--output", "-o", type=str | None, default=None,
-        help="The file to write (default: <checkpoint name>.pt beside the checkpoint).",
+        help="The file to write (default: beside the checkpoint, .pt or .pt2 by format).",
     )  # fmt: skip
     parser.add_argument(
         "--dtype", type=str, default="float32", help="float32 or float64: the model's dtype."
