@@ -132,7 +132,7 @@ def test_training_names_and_values_match_per_step_logging() -> None:
             outputs = task(batch)
             losses.append(float(task.compute_losses(outputs, batch)[0]))
             weights.append(batch.num_graphs)
-            prediction = task.metric_inputs("energy", outputs["energy"])
+            prediction = task.to_physical("energy", outputs["energy"], batch)
             target = batch.energy.reshape(-1, 1)
             present = ~torch.isnan(target)
             errors.append((prediction[present] - target[present]).abs())

@@ -162,10 +162,16 @@ def test_the_loss_compares_energies_per_atom_in_units_of_the_scale() -> None:
     task.element_references["energy"].values[1] = 0.5
     task.normalizers["energy"].load_statistics(torch.tensor([0.0]), torch.tensor([0.25]))
     # Each structure's prediction is 1 eV per atom too high: 1 / 0.25 = 4 per structure.
-    outputs = {"energy": batch.energy.reshape(-1, 1) + batch.natoms.reshape(-1, 1).float()}
+    too_high = batch.energy.reshape(-1, 1) + batch.natoms.reshape(-1, 1).float()
+    outputs = {"energy": task.loss_target("energy", too_high, batch)}
+    # (E - sum of references) / N / 0.25: (1 - 1) / 2 and 4 / 4 eV per atom, plus 4.
+    torch.testing.assert_close(outputs["energy"], torch.tensor([[0.0], [4.0]]) + 4.0)
     total, losses = task.compute_losses(outputs, batch)
     torch.testing.assert_close(losses["energy"], torch.tensor(4.0))
     torch.testing.assert_close(total, torch.tensor(4.0))
+    # The raw output maps back to the total (what the metrics and predictions see).
+    physical = task.to_physical("energy", outputs["energy"], batch)
+    torch.testing.assert_close(physical, too_high)
 
 
 def test_apply_statistics_takes_the_reference_energies_of_dataset_statistics() -> None:

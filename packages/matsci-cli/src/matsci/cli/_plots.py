@@ -255,7 +255,7 @@ def write_parity_plots(
 ) -> list[Path]:
     """Write one parity plot per target key of a task (a confusion matrix for class labels).
 
-    Regression keys compare what the task's metrics compare (``metric_inputs`` against
+    Regression keys compare what the task's metrics compare (``to_physical`` against
     ``get_target``: physical units, energies per atom for force tasks), so the MAE in the
     legend is the logged test MAE. Classification tasks compare predicted and true labels.
     Missing (NaN) references are left out.
@@ -291,7 +291,7 @@ def write_parity_plots(
                 guess = (guess > 0.5).long() if guess.is_floating_point() else guess
                 target = batch[key].reshape(-1).long()
             else:
-                guess = model.metric_inputs(key, outputs[key].detach())  # type: ignore[operator]
+                guess = model.to_physical(key, outputs[key].detach(), batch)  # type: ignore[operator]
                 target = model.get_target(batch, key)  # type: ignore[operator]
                 present = ~torch.isnan(target)
                 guess, target = guess[present], target[present]

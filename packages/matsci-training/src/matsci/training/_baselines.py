@@ -89,8 +89,8 @@ def baseline_metrics(
 
     For each task and key, a constant predictor is fitted on the training batches (see
     :func:`baseline_kind`: the mean of the training targets, zero, or the majority class),
-    then scored on the test batches with the task's own metrics (:meth:`build_metrics`,
-    ``update_metric``), so every number compares directly with the model's logged metric of
+    then scored on the test batches with the task's own metrics (:meth:`build_metrics`, fed
+    like the model's: :meth:`get_target` against a prediction of the same form), so every number compares directly with the model's logged metric of
     the same name: ``<stage>/<key>/<metric>`` for a task, ``<stage>/<dataset>/<task>/<key>/
     <metric>`` in multi-task training. Missing (NaN) targets are left out, as in training.
     A metric that is undefined for a constant prediction (the cosine similarity of a zero
@@ -158,7 +158,7 @@ def baseline_metrics(
                     target = target[rows]
                 if target.shape[0] == 0:
                     continue
-                task.update_metric(collections[key], predictors[key](target), target)
+                collections[key].update(predictors[key](target), target)
         for key, collection in collections.items():
             for name, value in _computed(collection).items():
                 results[f"{stage}/{entry.log_prefix}{key}/{name}"] = value
@@ -212,8 +212,7 @@ def _fit(
                 continue
             target = targets[key].detach().cpu()
             if isinstance(task, CrystalSymmetryClassificationTask):
-                # The task's own label -> class index map (what its loss compares with).
-                indices = task.loss_target(key, target).reshape(-1)
+                indices = target.reshape(-1)  # class indices from 0 (the task's get_target)
                 found = torch.bincount(indices, minlength=_num_classes(task, key))
                 counts[key] = counts.get(key, torch.zeros_like(found)) + found
                 continue

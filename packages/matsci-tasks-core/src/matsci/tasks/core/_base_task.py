@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+import math
 from abc import abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, ClassVar, Final, Self
@@ -47,6 +49,13 @@ from matsci.tasks.core._task_statistics import (
 
 __all__ = ["DEFAULT_OUTPUT_KWARGS", "BaseTaskModule"]
 
+_REMOVED_HOOKS: Final = {
+    "outputs_from_embeddings": "define compute_outputs(embeddings, encoder_input)",
+    "metric_inputs": "metrics compare to_physical(key, output, batch) with get_target",
+    "update_metric": "metrics compare to_physical(key, output, batch) with get_target",
+    "normalizer_dim": "set normalizes_targets = True (widths come from target_specs)",
+}
+"""Hooks of earlier versions, with what replaces them (a subclass defining one is refused)."""
 _DATASET: Final = "data"
 """The dataset name of a single task (it has one)."""
 _ENCODER: Final = "encoder"
@@ -121,9 +130,26 @@ class BaseTaskModule(TaskEngine):
     fixed_task_keys: ClassVar[tuple[str, ...] | None] = None
     """The only ``task_keys`` of tasks that predict a fixed target (the default for them)."""
 
+    normalizes_targets: ClassVar[bool] = False
+    """Whether every key has a :class:`Normalizer` (its width is the key's target spec width),
+    so that ``normalize_kwargs``, :meth:`fit_normalizers` and :meth:`apply_statistics` apply."""
+
     pools_atom_embeddings: ClassVar[bool] = True
     """Whether the heads read a structure embedding pooled from atom embeddings (so that
     ``embedding_reduction_type`` applies); tasks with per-atom heads set ``False``."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Refuse a subclass that still defines a hook this class no longer calls."""
+        super().__init_subclass__(**kwargs)
+        for name, advice in _REMOVED_HOOKS.items():
+            if name in vars(cls):
+                raise TypeError(f"{cls.__name__}.{name}: this hook was removed; {advice}")
+        compute = vars(cls).get("compute_outputs")
+        if compute is not None and "batch" in inspect.signature(compute).parameters:
+            raise TypeError(
+                f"{cls.__name__}.compute_outputs(embeddings, batch): the hook now receives "
+                "(embeddings, encoder_input); the batch is encoder_input.batch"
+            )
 
     def __init__(
         self,
@@ -167,7 +193,7 @@ class BaseTaskModule(TaskEngine):
             }
         )
         self.normalizers = nn.ModuleDict(
-            build_normalizers(name, normalize_kwargs, self.task_keys, self.normalizer_dim)
+            build_normalizers(name, normalize_kwargs, self.task_keys, self._normalizer_width)
         )
         self._name = f"{_DATASET}/{name}"
         scheduler_config = check_scheduler_kwargs(scheduler_kwargs)
@@ -211,30 +237,36 @@ class BaseTaskModule(TaskEngine):
     def build_metrics(self, key: str) -> MetricCollection:
         """Metrics of one key (a fresh collection per stage)."""
 
-    def compute_outputs(self, embeddings: Embeddings, batch: Batch) -> dict[str, Tensor]:
-        """Raw head outputs per key, in normalized units (before :meth:`to_physical`).
+    def compute_outputs(
+        self, embeddings: Embeddings, encoder_input: EncoderInput
+    ) -> dict[str, Tensor]:
+        """Raw outputs per key, in the units the loss compares (before :meth:`to_physical`).
 
-        The default applies each head to the structure embedding.
+        Runs inside the encoder pass's grad mode. The default applies each head to the
+        structure embedding; tasks that take derivatives (forces, stress) use
+        ``encoder_input.positions`` and ``.strain``.
 
         Parameters
         ----------
         embeddings
-            The encoder's output.
-        batch
-            The batch (for pooling atom embeddings).
+            The encoder's output for ``encoder_input.batch``.
+        encoder_input
+            The batch the encoder saw (``.batch``) and the tensors derivatives are taken with
+            respect to.
 
         Returns
         -------
         dict
             ``{key: [B, ...]}``.
         """
-        system = self.system_embedding(embeddings, batch)
+        system = self.system_embedding(embeddings, encoder_input.batch)
         return {key: head(system) for key, head in self.output_heads.items()}
 
     def get_target(self, batch: Batch, key: str) -> Tensor:
-        """Read a target in the shape the loss expects.
+        """Read one key's target from the batch, as the metrics compare it (NaN: missing).
 
         ``[B, k]`` for structure targets; as stored (``[N, k]``) with ``per_atom_targets``.
+        :meth:`loss_target` maps it to what the loss compares.
         """
         target: Tensor = batch[key]
         if self.per_atom_targets:
@@ -247,38 +279,54 @@ class BaseTaskModule(TaskEngine):
             raise ValueError(f"{type(self).__name__}: the encoder returned no point_embedding")
         return embeddings.point_embedding
 
-    def to_physical(self, key: str, output: Tensor) -> Tensor:
-        """Turn a head output into a prediction in physical units (de-normalize)."""
+    def to_physical(self, key: str, output: Tensor, batch: Batch) -> Tensor:
+        """Turn one key's raw output into what its metrics compare with :meth:`get_target`.
+
+        The default de-normalizes. Classification tasks give probabilities; a sum over atoms
+        needs the batch. :meth:`physical_predictions` builds on it.
+
+        Parameters
+        ----------
+        key
+            The task key.
+        output
+            Its raw output from :meth:`compute_outputs`.
+        batch
+            The batch it was computed for.
+
+        Returns
+        -------
+        Tensor
+            The same rows as ``output``.
+        """
         if key in self.normalizers:
             normalizer: Normalizer = self.normalizers[key]  # type: ignore[assignment]
             return normalizer.denormalize(output)
         return output
 
-    def loss_target(self, key: str, target: Tensor) -> Tensor:
-        """Turn a target into what the loss compares with head outputs (normalize)."""
+    def loss_target(self, key: str, target: Tensor, batch: Batch) -> Tensor:
+        """Turn a target into what the key's loss compares with the raw output (normalize).
+
+        The target is as :meth:`get_target` reads it; the default normalizes it.
+
+        Parameters
+        ----------
+        key
+            The task key.
+        target
+            The target, as :meth:`get_target` reads it.
+        batch
+            The batch it was read from.
+
+        Returns
+        -------
+        Tensor
+            The same rows as ``target``.
+        """
         if key in self.normalizers:
             normalizer: Normalizer = self.normalizers[key]  # type: ignore[assignment]
             return normalizer.normalize(target)
         return target
-
-    def metric_inputs(self, key: str, output: Tensor) -> Tensor:
-        """What the metrics compare with the target: by default the physical prediction.
-
-        Training metrics are fed once per group of steps, so during training the raw outputs of
-        several steps arrive concatenated along the first dimension: the map must act row by
-        row, as de-normalizing, a sigmoid or a softmax over the last dimension do.
-        """
-        return self.to_physical(key, output)
-
-    def update_metric(
-        self, collection: MetricCollection, prediction: Tensor, target: Tensor
-    ) -> None:
-        """Feed one key's predictions and targets (missing ones removed) to its metrics."""
-        collection.update(prediction, target)
-
-    def normalizer_dim(self, key: str) -> int | None:
-        """Width of the normalizer of ``key``, or ``None`` if the key is never normalized."""
-        return None
 
     # -- the forward pass ---------------------------------------------------------------------
 
@@ -290,28 +338,6 @@ class BaseTaskModule(TaskEngine):
         one dataset into as few encoder passes as possible (one per view).
         """
         return InputRequest()
-
-    def outputs_from_embeddings(
-        self, embeddings: Embeddings, encoder_input: EncoderInput
-    ) -> dict[str, Tensor]:
-        """Raw outputs per key from the encoder's output; runs inside the encoder pass's grad mode.
-
-        The default is :meth:`compute_outputs` on the prepared batch. Tasks that take
-        derivatives (forces, stress) use ``encoder_input.positions`` and ``.strain``.
-
-        Parameters
-        ----------
-        embeddings
-            The encoder's output for ``encoder_input.batch``.
-        encoder_input
-            The batch the encoder saw and the tensors derivatives are taken with respect to.
-
-        Returns
-        -------
-        dict
-            ``{key: output}`` in normalized units.
-        """
-        return self.compute_outputs(embeddings, encoder_input.batch)
 
     def physical_predictions(
         self, outputs: Mapping[str, Tensor], batch: Batch
@@ -330,7 +356,7 @@ class BaseTaskModule(TaskEngine):
         dict
             ``{key: prediction}``.
         """
-        return {key: self.to_physical(key, outputs[key]) for key in self.task_keys}
+        return {key: self.to_physical(key, outputs[key], batch) for key in self.task_keys}
 
     # -- the forward pass ---------------------------------------------------------------------
 
@@ -431,36 +457,53 @@ class BaseTaskModule(TaskEngine):
             target = targets[key] if targets is not None else self.get_target(batch, key)
             present = present_mask(target)
             loss_fn: MaskedLoss = self.losses[key]  # type: ignore[assignment]
-            losses[key] = loss_fn(outputs[key], self.loss_target(key, target), present)
+            losses[key] = loss_fn(outputs[key], self.loss_target(key, target, batch), present)
         total = weighted_sum([(self.task_loss_scaling[key], losses[key]) for key in self.task_keys])
         return total, losses
+
+    def metric_predictions(self, outputs: Mapping[str, Tensor], batch: Batch) -> dict[str, Tensor]:
+        """What the metrics compare with the targets: :meth:`to_physical` of detached outputs.
+
+        Parameters
+        ----------
+        outputs
+            Raw outputs, ``{key: output}``.
+        batch
+            The batch they were computed for.
+
+        Returns
+        -------
+        dict
+            ``{key: prediction}``, row for row with :meth:`get_targets`.
+        """
+        return {key: self.to_physical(key, outputs[key].detach(), batch) for key in outputs}
 
     def feed_metrics(
         self,
         collections: Mapping[str, Any],
-        outputs: Mapping[str, Tensor],
+        predictions: Mapping[str, Tensor],
         targets: Mapping[str, Tensor],
     ) -> None:
-        """Feed the metrics ``metric_inputs`` of raw outputs, rows with a missing target left out.
+        """Feed the metrics predictions and targets, rows with a missing target left out.
 
         Parameters
         ----------
         collections
             ``{key: MetricCollection}`` to update (the engine's, for one stage).
-        outputs
-            Raw outputs, ``{key: output}``.
+        predictions
+            From :meth:`metric_predictions` (of one step, or of several concatenated).
         targets
-            Targets from :meth:`get_targets`.
+            Targets from :meth:`get_targets`, row for row.
         """
         missing = any_missing(targets)
         for key, target in targets.items():
-            prediction = self.metric_inputs(key, outputs[key].detach())
+            prediction = predictions[key]
             collection: MetricCollection = collections[key]
             if not missing.get(key, False):
-                self.update_metric(collection, prediction, target)
+                collection.update(prediction, target)
             else:
                 rows = present_mask(target).reshape(target.shape[0], -1).all(dim=1)
-                self.update_metric(collection, prediction[rows], target[rows])
+                collection.update(prediction[rows], target[rows])
 
     def check_batch(self, batch: Batch, *, with_targets: bool = True) -> None:
         """Check that a batch carries what this task needs (see :func:`validate_batch`).
@@ -543,6 +586,13 @@ class BaseTaskModule(TaskEngine):
         """
         apply = self._keys_to_fit(keys_to_apply, "apply_statistics")
         apply_dataset_statistics(type(self).__name__, self._normalizers(), apply, statistics)
+
+    def _normalizer_width(self, key: str) -> int | None:
+        """The width of ``key``'s normalizer (its target spec's), or ``None`` if not normalized."""
+        if not self.normalizes_targets:
+            return None
+        spec = next(spec for spec in self.target_specs() if spec.name == key)
+        return math.prod(size for size in spec.trailing if size is not None)
 
     def _keys_to_fit(self, keys_to_fit: Sequence[str] | None, caller: str) -> list[str]:
         return check_fit_keys(type(self).__name__, self.normalizers, keys_to_fit, caller)

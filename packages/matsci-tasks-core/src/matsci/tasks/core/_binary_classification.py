@@ -100,7 +100,7 @@ class BinaryClassificationTask(BaseTaskModule):
         """Labels as float ``[B, 1]`` (NaN stays missing)."""
         return super().get_target(batch, key).to(torch.get_default_dtype())
 
-    def to_physical(self, key: str, output: Tensor) -> Tensor:
+    def to_physical(self, key: str, output: Tensor, batch: Any) -> Tensor:
         """Probability of the positive class."""
         return torch.sigmoid(output)
 
@@ -109,9 +109,3 @@ class BinaryClassificationTask(BaseTaskModule):
         return MetricCollection(
             {"accuracy": BinaryAccuracy(), "auroc": BinaryAUROC(), "f1": BinaryF1Score()}
         )
-
-    def update_metric(
-        self, collection: MetricCollection, prediction: Tensor, target: Tensor
-    ) -> None:
-        """Metrics take integer labels."""
-        collection.update(prediction, target.long())

@@ -7,7 +7,6 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch_geometric.data import Batch
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 from typing_extensions import override
@@ -22,6 +21,7 @@ from matsci.contract import (
 )
 from matsci.heads import OutputHead
 from matsci.tasks.core._base_task import BaseTaskModule
+from matsci.tasks.core._inputs import EncoderInput
 from matsci.tasks.core._lattice import SYMMETRY_FEATURES, symmetry_features
 
 NUM_SPACEGROUPS = 230
@@ -133,8 +133,11 @@ class CrystalSymmetryClassificationTask(BaseTaskModule):
         return OutputHead(NUM_SPACEGROUPS, input_dim=width, **output_kwargs)
 
     @override
-    def compute_outputs(self, embeddings: Embeddings, batch: Batch) -> dict[str, Tensor]:
+    def compute_outputs(
+        self, embeddings: Embeddings, encoder_input: EncoderInput
+    ) -> dict[str, Tensor]:
         """Logits ``[B, 230]`` from the structure embedding (and the lattice invariants)."""
+        batch = encoder_input.batch
         system = self.system_embedding(embeddings, batch)
         if self.lattice_features:
             cell = getattr(batch, keys.CELL, None)
@@ -154,7 +157,9 @@ class CrystalSymmetryClassificationTask(BaseTaskModule):
         return [_LABEL_SPEC]
 
     def get_target(self, batch: Any, key: str) -> Tensor:
-        """Space group numbers ``[B]`` (1..230); labels in host memory are checked here.
+        """Class indices ``[B]`` from 0 (space group ``g`` is class ``g - 1``).
+
+        Labels in host memory are checked here.
 
         Labels on the CPU outside 1..230 raise a ``ValueError`` naming them, on every batch
         (reading host memory costs no synchronisation). Labels on an accelerator are not read
@@ -166,23 +171,9 @@ class CrystalSymmetryClassificationTask(BaseTaskModule):
         labels: Tensor = batch[key].reshape(-1)
         if labels.device.type == "cpu":
             validate_batch(batch, [_LABEL_SPEC], context=type(self).__name__)
-        return labels
+        return labels - 1
 
-    def loss_target(self, key: str, target: Tensor) -> Tensor:
-        """Class indices from 0 for the loss."""
-        return target - 1
-
-    def update_metric(
-        self, collection: MetricCollection, prediction: Tensor, target: Tensor
-    ) -> None:
-        """Metrics compare logits with 0-based class indices."""
-        collection.update(prediction, target - 1)
-
-    def metric_inputs(self, key: str, output: Tensor) -> Tensor:
-        """Logits."""
-        return output
-
-    def to_physical(self, key: str, output: Tensor) -> Tensor:
+    def to_physical(self, key: str, output: Tensor, batch: Any) -> Tensor:
         """Class probabilities ``[B, 230]`` (column ``g - 1`` is space group ``g``)."""
         return torch.softmax(output, dim=-1)
 
@@ -201,7 +192,7 @@ class CrystalSymmetryClassificationTask(BaseTaskModule):
         dict
             ``{"spacegroup": [B] long in 1..230, "spacegroup_probability": [B] float}``.
         """
-        probabilities = self.to_physical(keys.SPACEGROUP, outputs[keys.SPACEGROUP])
+        probabilities = self.to_physical(keys.SPACEGROUP, outputs[keys.SPACEGROUP], batch)
         best, index = probabilities.max(dim=-1)
         return {keys.SPACEGROUP: index + 1, f"{keys.SPACEGROUP}_probability": best}
 

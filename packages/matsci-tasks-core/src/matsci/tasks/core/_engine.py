@@ -192,9 +192,7 @@ class TaskEngine(pl.LightningModule):
                     )
                     embeddings = self.encoder(encoder_input.batch)
                     for entry in group:
-                        outputs[entry.name] = entry.task.outputs_from_embeddings(
-                            embeddings, encoder_input
-                        )
+                        outputs[entry.name] = entry.task.compute_outputs(embeddings, encoder_input)
         return outputs
 
     def task_predictions(self, batches: Mapping[str, Batch]) -> dict[str, dict[str, Tensor]]:
@@ -346,15 +344,16 @@ class TaskEngine(pl.LightningModule):
             terms.append((self.loss_weight(entry.name), task_total))
             task_totals.append(task_total)
             key_losses += list(losses.values())
+            predictions = entry.task.metric_predictions(task_outputs, data)
             if training:
                 # Metrics are fed in groups of steps (one host sync per group, same values).
-                if self._pending_train_metrics[entry.name].add(task_outputs, targets):
+                if self._pending_train_metrics[entry.name].add(predictions, targets):
                     self._flush_train_metrics(entry)
             else:
                 log_eval_step_losses(self, self._eval_loss(stage, entry), entry, stage, task_total,
                                      losses, int(data.num_graphs))  # fmt: skip
                 entry.task.feed_metrics(
-                    self.metric_collections(stage, entry.name), task_outputs, targets
+                    self.metric_collections(stage, entry.name), predictions, targets
                 )
         if training:
             # Heads of tasks without a batch this step still join the graph (with weight 0), so

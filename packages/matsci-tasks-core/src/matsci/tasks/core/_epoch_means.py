@@ -85,13 +85,12 @@ class EpochMeans:
 
 
 class PendingMetricInputs:
-    """Outputs and targets of the last few training steps, fed to the metrics together.
+    """Metric predictions and targets of the last few training steps, fed to the metrics together.
 
     A torchmetrics update costs tens of microseconds of Python per metric, whatever the batch
     size; feeding ``every`` steps at once (concatenated along the first dimension) gives the
-    same metric values for a fraction of the cost. Tasks keep their raw outputs here and turn
-    them into metric inputs (de-normalize) once per group too. The inputs are detached and small
-    (outputs and targets), so holding a few steps costs little memory.
+    same metric values for a fraction of the cost. The inputs are detached and small
+    (predictions and targets), so holding a few steps costs little memory.
 
     Parameters
     ----------
@@ -103,20 +102,20 @@ class PendingMetricInputs:
         self.every = every
         self._steps: list[tuple[dict[str, Tensor], dict[str, Tensor]]] = []
 
-    def add(self, outputs: Mapping[str, Tensor], targets: Mapping[str, Tensor]) -> bool:
+    def add(self, predictions: Mapping[str, Tensor], targets: Mapping[str, Tensor]) -> bool:
         """Keep one step's inputs (detached); ``True`` when ``every`` steps are waiting."""
-        self._steps.append((_detached(outputs), _detached(targets)))
+        self._steps.append((_detached(predictions), _detached(targets)))
         return len(self._steps) >= self.every
 
     def pop(self) -> tuple[dict[str, Tensor], dict[str, Tensor]] | None:
-        """The waiting inputs concatenated per key, ``(outputs, targets)``, or ``None``."""
+        """The waiting inputs concatenated per key, ``(predictions, targets)``, or ``None``."""
         if not self._steps:
             return None
         steps, self._steps = self._steps, []
         keys = list(steps[0][1])
-        outputs = {key: torch.cat([step[0][key] for step in steps]) for key in keys}
+        predictions = {key: torch.cat([step[0][key] for step in steps]) for key in keys}
         targets = {key: torch.cat([step[1][key] for step in steps]) for key in keys}
-        return outputs, targets
+        return predictions, targets
 
     def clear(self) -> None:
         """Drop the waiting inputs."""

@@ -15,7 +15,7 @@ from typing_extensions import override
 from matsci.contract import NUM_ELEMENTS, AttributeSpec, DatasetStatistics, ReferenceEnergyFit, keys
 from matsci.heads import OutputHead
 from matsci.tasks.core._base_task import BaseTaskModule
-from matsci.tasks.core._inputs import structure_index
+from matsci.tasks.core._inputs import EncoderInput, structure_index
 from matsci.tasks.core._normalizer import Normalizer
 
 DEFAULT_EXTENSIVE_KEYS: tuple[str, ...] = (keys.ENERGY,)
@@ -107,6 +107,8 @@ class ScalarRegressionTask(BaseTaskModule):
     {'band_gap': torch.Size([2, 1]), 'energy': torch.Size([2, 1])}
     """
 
+    normalizes_targets = True
+
     def __init__(
         self,
         output_dims: Mapping[str, int] | None = None,
@@ -167,10 +169,6 @@ class ScalarRegressionTask(BaseTaskModule):
         """Each key: float ``[B, k]`` (or ``[B]`` when ``k == 1``); NaN marks a missing value."""
         return [AttributeSpec.graph_target(key, self.output_dim(key)) for key in self.task_keys]
 
-    def normalizer_dim(self, key: str) -> int:
-        """Every key is normalized, per column (extensive keys per atom)."""
-        return self.output_dim(key)
-
     def build_metrics(self, key: str) -> MetricCollection:
         """MAE and RMSE."""
         return MetricCollection(
@@ -180,12 +178,15 @@ class ScalarRegressionTask(BaseTaskModule):
     # -- extensive keys: sums of atom contributions ---------------------------------------------
 
     @override
-    def compute_outputs(self, embeddings: Any, batch: Batch) -> dict[str, Tensor]:
-        """Head outputs: normalized ``[B, k]`` for intensive keys, totals for extensive ones.
+    def compute_outputs(self, embeddings: Any, encoder_input: EncoderInput) -> dict[str, Tensor]:
+        r"""Normalized head outputs ``[B, k]``; for an extensive key the mean over atoms.
 
-        Extensive keys come out in physical units already (the sum needs the batch's atoms,
-        which :meth:`to_physical` does not see); :meth:`compute_losses` normalizes them.
+        The mean of the atom outputs :math:`h_i` is the normalized per-atom residual
+        :math:`((\hat y_b - \sum_i e_{Z_i}) / N_b - \mu) / \sigma` of the predicted total
+        :math:`\hat y_b = \sum_i (\sigma h_i + \mu + e_{Z_i})`, the quantity the loss compares;
+        :meth:`to_physical` turns it into the total.
         """
+        batch = encoder_input.batch
         intensive = [key for key in self.task_keys if key not in self.extensive_keys]
         system = self.system_embedding(embeddings, batch) if intensive else None
         outputs: dict[str, Tensor] = {}
@@ -193,61 +194,44 @@ class ScalarRegressionTask(BaseTaskModule):
             if key not in self.extensive_keys:
                 outputs[key] = head(system)
                 continue
-            atoms = self._atom_embeddings(embeddings, key)
-            normalizer: Normalizer = self.normalizers[key]  # type: ignore[assignment]
-            contribution = normalizer.denormalize(head(atoms))  # [N, k]
-            contribution = contribution + self._reference_values(key, batch, contribution.dtype)
+            atoms = head(self._atom_embeddings(embeddings, key))  # [N, k]
             outputs[key] = scatter(
-                contribution, structure_index(batch), dim=0, dim_size=_num_structures(batch),
-                reduce="sum",
+                atoms, structure_index(batch), dim=0, dim_size=_num_structures(batch),
+                reduce="mean",
             )  # fmt: skip
         return outputs
 
     @override
-    def to_physical(self, key: str, output: Tensor) -> Tensor:
-        """De-normalize intensive keys; extensive keys are totals in physical units already."""
-        if key in self.extensive_keys:
-            return output
-        return super().to_physical(key, output)
+    def to_physical(self, key: str, output: Tensor, batch: Batch) -> Tensor:
+        """De-normalize; an extensive key becomes the total, ``N_b`` atoms plus references."""
+        physical = super().to_physical(key, output, batch)
+        if key not in self.extensive_keys:
+            return physical
+        reference, natoms = self._structure_references(key, batch, physical.dtype)
+        return physical * natoms + reference
 
     @override
-    def loss_target(self, key: str, target: Tensor) -> Tensor:
-        """Normalize intensive keys; extensive keys arrive normalized per atom."""
+    def loss_target(self, key: str, target: Tensor, batch: Batch) -> Tensor:
+        """Normalize; an extensive total becomes its normalized per-atom residual."""
         if key in self.extensive_keys:
-            return target
-        return super().loss_target(key, target)
-
-    @override
-    def compute_losses(
-        self,
-        outputs: Mapping[str, Tensor],
-        batch: Batch,
-        *,
-        targets: Mapping[str, Tensor] | None = None,
-    ) -> tuple[Tensor, dict[str, Tensor]]:
-        r"""The losses of :class:`BaseTaskModule`; extensive keys compared per atom, normalized.
-
-        Prediction and target of an extensive key both become
-        :math:`((y_b - \sum_i e_{Z_i}) / N_b - \mu) / \sigma` first.
-        """
-        if not self.extensive_keys:
-            return super().compute_losses(outputs, batch, targets=targets)
-        given = dict(targets) if targets is not None else self.get_targets(batch)
-        per_atom_outputs, per_atom_targets = dict(outputs), dict(given)
-        for key in self.extensive_keys:
-            per_atom_outputs[key] = self._normalized_per_atom(key, outputs[key], batch)
-            per_atom_targets[key] = self._normalized_per_atom(key, given[key], batch)
-        return super().compute_losses(per_atom_outputs, batch, targets=per_atom_targets)
+            return self._normalized_per_atom(key, target, batch)
+        return super().loss_target(key, target, batch)
 
     def _normalized_per_atom(self, key: str, total: Tensor, batch: Batch) -> Tensor:
         """``[B, k]`` totals as normalized per-atom residuals of the element references."""
-        index = structure_index(batch)
-        size = _num_structures(batch)
-        reference = scatter(self._reference_values(key, batch, total.dtype), index, dim=0,
-                            dim_size=size, reduce="sum")  # fmt: skip  # [B, k]
-        natoms = torch.bincount(index, minlength=size).to(total.dtype).unsqueeze(-1)  # [B, 1]
+        reference, natoms = self._structure_references(key, batch, total.dtype)
         normalizer: Normalizer = self.normalizers[key]  # type: ignore[assignment]
-        return normalizer.normalize((total.reshape(size, -1) - reference) / natoms)
+        return normalizer.normalize((total.reshape(natoms.shape[0], -1) - reference) / natoms)
+
+    def _structure_references(
+        self, key: str, batch: Batch, dtype: torch.dtype
+    ) -> tuple[Tensor, Tensor]:
+        """Each structure's summed element references ``[B, k]`` and atom count ``[B, 1]``."""
+        index, size = structure_index(batch), _num_structures(batch)
+        reference: Tensor = scatter(self._reference_values(key, batch, dtype), index, dim=0,
+                                    dim_size=size, reduce="sum")  # fmt: skip
+        natoms = torch.bincount(index, minlength=size).to(dtype).unsqueeze(-1)
+        return reference, natoms
 
     def _reference_values(self, key: str, batch: Batch, dtype: torch.dtype) -> Tensor:
         """Each atom's reference value, ``[N, k]``."""

@@ -211,12 +211,12 @@ class ForceRegressionTask(BaseTaskModule):
         return target.reshape(-1, 9)
 
     @override
-    def loss_target(self, key: str, target: Tensor) -> Tensor:
+    def loss_target(self, key: str, target: Tensor, batch: Batch) -> Tensor:
         """Targets in units of the energy scale."""
         return target / self.energy_scale
 
     @override
-    def to_physical(self, key: str, output: Tensor) -> Tensor:
+    def to_physical(self, key: str, output: Tensor, batch: Batch) -> Tensor:
         """Outputs in eV (per atom for the energy), eV/Å and eV/Å³."""
         return output * self.energy_scale
 
@@ -228,7 +228,7 @@ class ForceRegressionTask(BaseTaskModule):
         return InputRequest(position_gradients=True, strain=self.compute_stress)
 
     @override
-    def outputs_from_embeddings(
+    def compute_outputs(
         self, embeddings: Embeddings, encoder_input: EncoderInput
     ) -> dict[str, Tensor]:
         """Energy per atom, forces and stress, in units of the energy scale.

@@ -6,12 +6,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from torch import Tensor, nn
-from torch_geometric.data import Batch
 from torchmetrics import CosineSimilarity, MeanAbsoluteError, MeanSquaredError, MetricCollection
 from typing_extensions import override
 
 from matsci.contract import keys
-from matsci.tasks.core import AttributeSpec, BaseTaskModule, Embeddings
+from matsci.tasks.core import AttributeSpec, BaseTaskModule, Embeddings, EncoderInput
 from matsci.tasks.physics._vector_head import (
     VectorHead,
     build_vector_head,
@@ -93,10 +92,16 @@ class GradFreeForceRegression(BaseTaskModule):
         return build_vector_head(self, self.vector_head, output_kwargs)
 
     @override
-    def compute_outputs(self, embeddings: Embeddings, batch: Batch) -> dict[str, Tensor]:
+    def compute_outputs(
+        self, embeddings: Embeddings, encoder_input: EncoderInput
+    ) -> dict[str, Tensor]:
         """Forces [N, 3] from the atom embeddings (and the edges, for the edge readout)."""
         head = self.output_heads[keys.FORCE]
-        return {keys.FORCE: vector_outputs(self, head, self.point_embedding(embeddings), batch)}
+        return {
+            keys.FORCE: vector_outputs(
+                self, head, self.point_embedding(embeddings), encoder_input.batch
+            )
+        }
 
     @override
     def target_specs(self) -> list[AttributeSpec]:

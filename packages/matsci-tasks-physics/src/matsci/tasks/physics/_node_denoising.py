@@ -6,12 +6,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from torch import Tensor, nn
-from torch_geometric.data import Batch
 from torchmetrics import MeanAbsoluteError, MetricCollection
 from typing_extensions import override
 
 from matsci.contract import keys
-from matsci.tasks.core import AttributeSpec, BaseTaskModule, Embeddings, InputRequest
+from matsci.tasks.core import AttributeSpec, BaseTaskModule, Embeddings, EncoderInput, InputRequest
 from matsci.tasks.physics._vector_head import (
     VectorHead,
     build_vector_head,
@@ -93,10 +92,16 @@ class NodeDenoisingTask(BaseTaskModule):
         return InputRequest(view="noisy")
 
     @override
-    def compute_outputs(self, embeddings: Embeddings, batch: Batch) -> dict[str, Tensor]:
+    def compute_outputs(
+        self, embeddings: Embeddings, encoder_input: EncoderInput
+    ) -> dict[str, Tensor]:
         """Predicted noise [N, 3] from the atom embeddings and edges of the noisy structure."""
         head = self.output_heads[keys.DENOISE]
-        return {keys.DENOISE: vector_outputs(self, head, self.point_embedding(embeddings), batch)}
+        return {
+            keys.DENOISE: vector_outputs(
+                self, head, self.point_embedding(embeddings), encoder_input.batch
+            )
+        }
 
     @override
     def target_specs(self) -> list[AttributeSpec]:
