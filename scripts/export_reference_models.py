@@ -1,17 +1,20 @@
-"""Train two tiny force fields, export them for metatomic, and write what they must predict.
+"""Train tiny force fields, export them for metatomic, and write what they must predict.
 
 Run by `nox -s exported_models` in the workspace environment (matsci installed), as
 ``python scripts/export_reference_models.py OUTDIR``. It trains a SchNet and an equivariant
-``ForceRegressionTask`` (energy, forces, stress) for a few steps on the bundled EMT metals,
-exports each with ``matsci.simulate.export_metatomic`` in float32 and float64, and writes into
-OUTDIR:
+``ForceRegressionTask`` (energy, forces, stress) and a SchNet and an equivariant
+``GradFreeForceRegression`` (direct forces) for a few steps on the bundled EMT metals, exports
+each with ``matsci.simulate.export_metatomic`` in float32 and float64, and writes into OUTDIR:
 
-- ``<encoder>-<dtype>.pt``: the exported models;
+- ``<encoder>-<dtype>.pt`` (energy models) and ``direct-<encoder>-<dtype>.pt`` (direct-force
+  models, whose only output is metatomic's ``non_conservative_force``): the exported models;
 - ``structures.extxyz``: seeded random structures of the trained elements (rattled periodic
   cells, one of them skewed/triclinic, one smaller than the cutoff, a slab, a cluster);
-- ``<encoder>-<dtype>.npz``: energy, forces and (3D-periodic only) stress of every structure,
-  from ``matsci.ase.MatsciCalculator`` at the model's dtype, under ``<index>/<property>``;
-- ``manifest.json``: the models, their dtypes, tolerances and reference files.
+- ``<stem>.npz``: energy, forces and (3D-periodic only) stress of every structure, forces only
+  for a direct-force model, from ``matsci.ase.MatsciCalculator`` at the model's dtype, under
+  ``<index>/<property>``;
+- ``manifest.json``: the models, their kind (``energy`` or ``direct-force``), dtypes,
+  tolerances and reference files.
 
 ``scripts/check_exported_models.py OUTDIR`` compares the exported models with these references
 in an environment without matsci.
@@ -36,7 +39,7 @@ from matsci.contract.testing import quiet_trainer
 from matsci.data import AtomsDataModule
 from matsci.data.examples import bundled_dataset_path
 from matsci.simulate import export_metatomic
-from matsci.tasks.physics import ForceRegressionTask
+from matsci.tasks.physics import ForceRegressionTask, GradFreeForceRegression
 from matsci.transforms import PeriodicRadiusGraph
 
 CUTOFF = 4.0
@@ -86,6 +89,26 @@ def train(encoder: str) -> ForceRegressionTask:
     return task
 
 
+def train_direct(encoder: str) -> GradFreeForceRegression:
+    """A small direct-force model trained for a few steps on the bundled EMT metals."""
+    torch.manual_seed(0)
+    data = AtomsDataModule(
+        bundled_dataset_path("emt"),
+        keys=["force"],
+        transform=PeriodicRadiusGraph(cutoff=CUTOFF),
+        batch_size=16,
+    )
+    encoder_class, encoder_kwargs = ENCODERS[encoder]
+    task = GradFreeForceRegression(
+        encoder_class=encoder_class,
+        encoder_kwargs=encoder_kwargs,
+        lr=5e-3,
+        output_kwargs={"hidden_dim": 16},
+    )
+    quiet_trainer(max_steps=TRAIN_STEPS, limit_val_batches=0).fit(task, datamodule=data)
+    return task
+
+
 def structures(elements: list[int], seed: int = 0) -> list[Atoms]:
     """Seeded random structures of ``elements``: periodic (one triclinic), a slab, a cluster."""
     rng = np.random.default_rng(seed)
@@ -111,14 +134,36 @@ def structures(elements: list[int], seed: int = 0) -> list[Atoms]:
 
 
 def references(calculator: MatsciCalculator, atoms_list: list[Atoms]) -> dict[str, np.ndarray]:
-    """Energy, forces and (3D-periodic only) ASE Voigt stress of each structure."""
+    """Energy, forces and (3D-periodic only) ASE Voigt stress of each structure (or forces)."""
     arrays: dict[str, np.ndarray] = {}
     for index, result in enumerate(calculator.calculate_many(atoms_list)):
-        arrays[f"{index}/energy"] = np.array([result["energy"]])
+        if "energy" in result:
+            arrays[f"{index}/energy"] = np.array([result["energy"]])
         arrays[f"{index}/forces"] = np.asarray(result["forces"])
         if "stress" in result:
             arrays[f"{index}/stress"] = np.asarray(result["stress"])
     return arrays
+
+
+def export(
+    task: ForceRegressionTask | GradFreeForceRegression,
+    encoder: str,
+    kind: str,
+    outdir: Path,
+    atoms_list: list[Atoms],
+) -> list[dict[str, Any]]:
+    """Export ``task`` in both dtypes with its references; the manifest entries."""
+    entries = []
+    for name, dtype in DTYPES.items():
+        stem = f"{encoder}-{name}" if kind == "energy" else f"direct-{encoder}-{name}"
+        export_metatomic(task, outdir / f"{stem}.pt", dtype=dtype, cutoff=CUTOFF)
+        calculator = MatsciCalculator(task, cutoff=CUTOFF, device="cpu", dtype=dtype)
+        np.savez(outdir / f"{stem}.npz", **references(calculator, atoms_list))
+        entries.append({
+            "file": f"{stem}.pt", "references": f"{stem}.npz", "encoder": encoder,
+            "kind": kind, "dtype": name, "tolerance": TOLERANCE[name],
+        })  # fmt: skip
+    return entries
 
 
 def main(outdir: Path) -> None:
@@ -136,16 +181,14 @@ def main(outdir: Path) -> None:
             ase.io.write(path, structures(elements), format="extxyz")
             # References of what the file holds (extxyz rounds positions to 8 decimals).
             atoms_list = list(ase.io.read(path, index=":", format="extxyz"))
-        for name, dtype in DTYPES.items():
-            stem = f"{encoder}-{name}"
-            export_metatomic(task, outdir / f"{stem}.pt", dtype=dtype, cutoff=CUTOFF)
-            calculator = MatsciCalculator(task, cutoff=CUTOFF, device="cpu", dtype=dtype)
-            np.savez(outdir / f"{stem}.npz", **references(calculator, atoms_list))
-            models.append({
-                "file": f"{stem}.pt", "references": f"{stem}.npz", "encoder": encoder,
-                "dtype": name, "tolerance": TOLERANCE[name],
-            })  # fmt: skip
+        models += export(task, encoder, "energy", outdir, atoms_list)
         print(f"{encoder}: trained {TRAIN_STEPS} steps and exported in "
+              f"{time.perf_counter() - start:.1f} s (training {trained:.1f} s)")  # fmt: skip
+        start = time.perf_counter()
+        direct = train_direct(encoder)
+        trained = time.perf_counter() - start
+        models += export(direct, encoder, "direct-force", outdir, atoms_list)
+        print(f"direct-force {encoder}: trained {TRAIN_STEPS} steps and exported in "
               f"{time.perf_counter() - start:.1f} s (training {trained:.1f} s)")  # fmt: skip
     manifest = {"structures": "structures.extxyz", "cutoff": CUTOFF, "models": models}
     (outdir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")

@@ -21,6 +21,12 @@ __all__ = ["ProgramCalculator"]
 _METADATA: Final = "matsci.json"
 """The record ``matsci.simulate.export_program`` stores beside the program."""
 
+_ENERGY_OUTPUTS: Final = ("energy", "forces", "stress")
+"""The outputs of an energy model's program, in order."""
+
+_FORCE_OUTPUTS: Final = ("forces",)
+"""The outputs of a direct-force model's program."""
+
 
 class ProgramCalculator(Calculator):
     """ASE calculator of a force field exported with ``matsci.simulate.export_program``.
@@ -34,7 +40,15 @@ class ProgramCalculator(Calculator):
 
     ``energy`` and ``free_energy`` (eV), ``forces`` (eV/Å) and, for cells periodic in all
     three directions, ``stress`` (eV/Å³, ASE's Voigt order and sign). Structures with an
-    element the model was not trained on are refused, naming it and the known elements.
+    element the model was not trained on are refused, naming it and the known elements (a
+    model that cannot tell its elements, such as a direct-force model, accepts every one).
+
+    A program of a direct-force model (``GradFreeForceRegression``, whose record lists the
+    outputs ``["forces"]``) gives ``forces`` only (:attr:`conservative` is ``False``, and
+    :attr:`implemented_properties` is ``["forces"]``): asking for ``energy``,
+    ``free_energy`` or ``stress`` raises
+    :class:`~ase.calculators.calculator.PropertyNotImplementedError`, as
+    :class:`MatsciCalculator` does for the same model.
 
     Parameters
     ----------
@@ -47,14 +61,15 @@ class ProgramCalculator(Calculator):
     Raises
     ------
     ValueError
-        If the file has no matsci record (it was not written by ``export_program``).
+        If the file has no matsci record (it was not written by ``export_program``), or its
+        record lists outputs this calculator does not know.
 
     Examples
     --------
     ``calc = ProgramCalculator("model.pt2"); atoms.calc = calc; atoms.get_forces()``.
     """
 
-    implemented_properties: Final = ["energy", "free_energy", "forces", "stress"]  # type: ignore[misc]
+    implemented_properties: list[str] = ["energy", "free_energy", "forces", "stress"]  # noqa: RUF012
 
     def __init__(self, path: str | os.PathLike[str], **kwargs: Any) -> None:
         super().__init__(**kwargs)  # type: ignore[no-untyped-call]
@@ -69,12 +84,71 @@ class ProgramCalculator(Calculator):
         self.module = program.module()
         self.cutoff = float(self.metadata["cutoff"])
         self.dtype: torch.dtype = getattr(torch, self.metadata["dtype"])
-        self.known = frozenset(int(z) for z in self.metadata["atomic_numbers"])
+        numbers = self.metadata.get("atomic_numbers")
+        self.known = None if numbers is None else frozenset(int(z) for z in numbers)
+        # Files written before direct-force programs have no "outputs" record.
+        self.outputs: tuple[str, ...] = tuple(self.metadata.get("outputs", _ENERGY_OUTPUTS))
+        if self.outputs not in (_ENERGY_OUTPUTS, _FORCE_OUTPUTS):
+            raise ValueError(
+                f"ProgramCalculator({os.fspath(path)!r}): outputs {list(self.outputs)}; expected "
+                f"{list(_ENERGY_OUTPUTS)} or {list(_FORCE_OUTPUTS)}"
+            )
+        if not self.conservative:
+            # Declared per instance: ASE tools read it to see what the calculator can give.
+            self.implemented_properties = ["forces"]
 
     @property
-    def elements(self) -> list[str]:
-        """Chemical symbols of the elements the model was trained on."""
+    def conservative(self) -> bool:
+        """Whether the program gives an energy whose negative gradient is the forces.
+
+        ``False`` for a program of a direct-force model, which gives forces only.
+        """
+        return self.outputs == _ENERGY_OUTPUTS
+
+    @property
+    def elements(self) -> list[str] | None:
+        """Chemical symbols of the elements the model was trained on; ``None``: any element."""
+        if self.known is None:
+            return None
         return [chemical_symbols[z] for z in sorted(self.known)]
+
+    def get_property(
+        self, name: str, atoms: Atoms | None = None, allow_calculation: bool = True
+    ) -> Any:
+        """One property of ``atoms`` (ASE's entry point); see :meth:`calculate`.
+
+        Parameters
+        ----------
+        name
+            ``"energy"``, ``"free_energy"``, ``"forces"`` or ``"stress"``.
+        atoms
+            The structure (the last one seen when ``None``).
+        allow_calculation
+            Whether to compute the property if it is not cached (else ``None`` is returned).
+
+        Returns
+        -------
+        Any
+            The property (a float or an array).
+
+        Raises
+        ------
+        ase.calculators.calculator.PropertyNotImplementedError
+            If the program cannot give it: the energy or stress of a direct-force program (the
+            message says why), or an unknown property.
+        """
+        self._refuse_energy([name])
+        return super().get_property(name, atoms, allow_calculation)  # type: ignore[no-untyped-call]
+
+    def _refuse_energy(self, properties: Sequence[str]) -> None:
+        """Raise ``PropertyNotImplementedError`` if a direct-force program is asked for energy."""
+        asked = [name for name in properties if name in ("energy", "free_energy", "stress")]
+        if asked and not self.conservative:
+            raise PropertyNotImplementedError(
+                f"ProgramCalculator: no {asked[0]}; the program is of a direct-force model "
+                "(outputs ['forces']), whose forces are not the gradient of an energy. Only "
+                "'forces' are available"
+            )
 
     def calculate(
         self,
@@ -89,7 +163,7 @@ class ProgramCalculator(Calculator):
         atoms
             The structure.
         properties
-            What ASE asks for; everything is computed at once.
+            What ASE asks for; everything the program gives is computed at once.
         system_changes
             What changed since the last call (ASE's bookkeeping).
 
@@ -98,18 +172,20 @@ class ProgramCalculator(Calculator):
         ValueError
             If the structure holds an element the model was not trained on.
         PropertyNotImplementedError
-            If the stress is asked for on a cell not periodic in all three directions.
+            If the stress is asked for on a cell not periodic in all three directions, or
+            energy or stress of a direct-force program.
         """
         super().calculate(atoms, properties, system_changes)  # type: ignore[no-untyped-call]
         atoms = self.atoms
         assert atoms is not None  # Calculator.calculate stored a copy
-        unknown = sorted(set(atoms.numbers.tolist()) - self.known)
+        unknown = [] if self.known is None else sorted(set(atoms.numbers.tolist()) - self.known)
         if unknown:
             raise ValueError(
                 f"ProgramCalculator: structure {atoms.get_chemical_formula()} has element "
                 f"{[chemical_symbols[z] for z in unknown]} the model was not trained on; known "
                 f"elements: {self.elements}"
             )
+        self._refuse_energy(properties)
         periodic = bool(atoms.pbc.all())
         if "stress" in properties and not periodic:
             raise PropertyNotImplementedError(
@@ -118,13 +194,18 @@ class ProgramCalculator(Calculator):
         first, second, shifts = neighbor_list("ijS", atoms, self.cutoff)
         cell = atoms.cell.array if atoms.cell.rank == 3 else np.zeros((3, 3))
         with torch.inference_mode():
-            energy, forces, stress = self.module(
+            outputs = self.module(
                 torch.tensor(atoms.positions, dtype=self.dtype),
                 torch.tensor(atoms.numbers, dtype=torch.int64),
                 torch.tensor(np.stack([first, second]), dtype=torch.int64),
                 torch.tensor(shifts @ atoms.cell.array, dtype=self.dtype),
                 torch.tensor(cell, dtype=self.dtype),
             )
+        if not self.conservative:
+            (forces,) = outputs
+            self.results = {"forces": forces.double().numpy()}
+            return
+        energy, forces, stress = outputs
         self.results = {
             "energy": float(energy),
             "free_energy": float(energy),

@@ -14,7 +14,7 @@ FORMATS: Final = {"metatomic": ".pt", "torch-export": ".pt2"}
 """The formats ``matsci export`` writes, with their default suffix: ``metatomic`` (an
 ``AtomisticModel`` TorchScript file for metatomic's engines: ASE, torch-sim, i-PI, LAMMPS builds
 with metatomic) and ``torch-export`` (a :func:`torch.export` program of energy, forces and
-stress that runs with torch alone)."""
+stress that runs with torch alone). A direct-force checkpoint gives forces only in both."""
 
 _DTYPES: Final = {"float32": torch.float32, "float64": torch.float64}
 
@@ -31,8 +31,11 @@ def export_parser() -> ShortErrorParser:
     parser = ShortErrorParser(
         prog="matsci export",
         description=(
-            "Write a trained force field (a ForceRegressionTask checkpoint of `matsci fit`) as a "
-            "standalone model file. --format metatomic writes a metatomic AtomisticModel: one "
+            "Write a trained force field (a ForceRegressionTask or GradFreeForceRegression "
+            "checkpoint of `matsci fit`) as a standalone model file. A GradFreeForceRegression "
+            "(direct forces) is written with its forces alone: metatomic's "
+            "non_conservative_force output, or a torch.export program returning (forces,). "
+            "--format metatomic writes a metatomic AtomisticModel: one "
             "TorchScript file holding the encoder, the energy head, the fitted scale, shift "
             "and reference energies, the cutoff and the trained elements, which "
             "metatomic-ase, metatomic-torchsim, i-PI and LAMMPS builds with metatomic load "

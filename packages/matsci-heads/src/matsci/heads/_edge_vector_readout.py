@@ -181,7 +181,8 @@ class EdgeVectorReadout(nn.Module):
         # Zero-length edges (an atom and its own image at the same place) have no direction.
         unit = edge_vectors / distances.clamp(min=torch.finfo(distances.dtype).tiny).unsqueeze(-1)
         contributions: Tensor = weights.unsqueeze(-1) * unit.unsqueeze(1)  # [E, C, 3]
-        vectors = contributions.new_zeros(len(point_embedding), self.num_vectors, 3)
+        # shape[0], not len(): a traced or exported graph keeps the atom count symbolic.
+        vectors = contributions.new_zeros(point_embedding.shape[0], self.num_vectors, 3)
         vectors = vectors.index_add(0, source, contributions)  # [N, C, 3]
         return vectors.squeeze(1) if self.num_vectors == 1 else vectors
 

@@ -17,9 +17,12 @@ from torch import Tensor, nn
 from torch_geometric.data import Data
 
 from matsci.contract import keys
-from matsci.tasks.physics import ForceRegressionTask
+from matsci.tasks.physics import ForceRegressionTask, GradFreeForceRegression
 
-__all__ = ["AtomEnergies", "check_on_other_graphs", "exported_force_task"]
+__all__ = ["AtomEnergies", "ExportedTask", "check_on_other_graphs", "exported_force_task"]
+
+ExportedTask = ForceRegressionTask | GradFreeForceRegression
+"""What the exporters write: an energy model (energy, forces, stress) or direct forces."""
 
 
 class AtomEnergies(nn.Module):
@@ -62,31 +65,47 @@ class AtomEnergies(nn.Module):
 
 
 def exported_force_task(
-    source: str | os.PathLike[str] | ForceRegressionTask,
+    source: str | os.PathLike[str] | ExportedTask,
     task: str | int | None,
     cutoff: float | None,
     *,
     owner: str,
-) -> tuple[ForceRegressionTask, float]:
+) -> tuple[ExportedTask, float]:
     """The force task and the neighbour-list cutoff (``owner`` names the caller in errors).
+
+    The task is a :class:`~matsci.tasks.physics.ForceRegressionTask` (energy, forces, stress)
+    or a :class:`~matsci.tasks.physics.GradFreeForceRegression` (direct forces); another task
+    read from a checkpoint is refused with a ``ValueError``, another object with a
+    ``TypeError``.
 
     The cutoff is ``cutoff`` if given, else the one the checkpoint recorded, else the
     encoder's ``cutoff``. A model trained on graphs that keep only ``max_neighbors``
     neighbours is refused: simulators' neighbour lists keep every neighbour in the cutoff.
     """
-    if isinstance(source, ForceRegressionTask):
+    expected = (
+        "not a ForceRegressionTask (energy, forces, stress) or a GradFreeForceRegression "
+        "(direct forces)"
+    )
+    if isinstance(source, ForceRegressionTask | GradFreeForceRegression):
         force_task, recorded = source, None
-    else:
+    elif isinstance(source, str | os.PathLike):
         from matsci.training import load_model
 
         loaded = load_model(source, task=task)
-        if not isinstance(loaded.task, ForceRegressionTask):
+        if loaded.task is None:
+            raise ValueError(
+                f"{owner}({os.fspath(source)!r}): a multi-task checkpoint; choose the force "
+                "task with task="
+            )
+        if not isinstance(loaded.task, ForceRegressionTask | GradFreeForceRegression):
             raise ValueError(
                 f"{owner}({os.fspath(source)!r}): the task is a "
-                f"{type(loaded.task).__name__}, not a ForceRegressionTask (an energy model); "
-                "pick one of a multi-task checkpoint with task="
+                f"{type(loaded.task).__name__}, {expected}; pick one of a multi-task "
+                "checkpoint with task="
             )
         force_task, recorded = loaded.task, loaded.graph
+    else:
+        raise TypeError(f"{owner}({type(source).__name__}): {expected}, nor a checkpoint path")
     if cutoff is None and recorded is not None:
         if recorded.max_neighbors is not None:
             raise ValueError(

@@ -1,4 +1,9 @@
-"""Export a trained force field as a metatomic ``AtomisticModel`` (one TorchScript file)."""
+"""Export a trained force field as a metatomic ``AtomisticModel`` (one TorchScript file).
+
+An energy model (:class:`~matsci.tasks.physics.ForceRegressionTask`) gives metatomic's
+``energy`` output; a direct-force model (:class:`~matsci.tasks.physics.GradFreeForceRegression`)
+gives its ``non_conservative_force`` output and no energy.
+"""
 
 import copy
 import os
@@ -16,11 +21,16 @@ from matsci.simulate._atom_energies import (
     check_on_other_graphs,
     exported_force_task,
 )
-from matsci.tasks.physics import ForceRegressionTask, KnownElements
+from matsci.simulate._direct_forces import AtomForces, direct_force_elements
+from matsci.tasks.physics import ForceRegressionTask, GradFreeForceRegression, KnownElements
 
 __all__ = ["export_metatomic"]
 
 _DTYPES = {torch.float32: "float32", torch.float64: "float64"}
+
+FORCE_OUTPUT = "non_conservative_force"
+"""metatomic's standard output of forces that are not an energy gradient (metatomic-torch 0.1;
+``non_conservative_forces`` is its deprecated spelling)."""
 
 
 @contextmanager
@@ -126,6 +136,76 @@ class _MetatomicForceField(nn.Module):
         return results
 
 
+class _MetatomicDirectForces(nn.Module):
+    """The module that metatomic runs for a direct-force model: ``non_conservative_force``.
+
+    Per-atom samples ``(system, atom)``, one component ``xyz`` (0, 1, 2) and one property, in
+    eV/Å; ``selected_atoms`` keeps those atoms' rows.
+    """
+
+    def __init__(self, atom_forces: nn.Module, neighbors: NeighborListOptions) -> None:
+        super().__init__()
+        self.atom_forces = atom_forces
+        self.neighbors = neighbors
+
+    def requested_neighbor_lists(self) -> List[NeighborListOptions]:  # noqa: UP006
+        return [self.neighbors]
+
+    def forward(
+        self,
+        systems: List[System],  # noqa: UP006
+        outputs: Dict[str, ModelOutput],  # noqa: UP006
+        selected_atoms: Optional[Labels] = None,  # noqa: UP045
+    ) -> Dict[str, TensorMap]:  # noqa: UP006
+        results: Dict[str, TensorMap] = {}  # noqa: UP006
+        if "non_conservative_force" not in outputs:
+            return results
+        device = systems[0].positions.device
+        vectors: List[Tensor] = []  # noqa: UP006
+        numbers: List[Tensor] = []  # noqa: UP006
+        pairs: List[Tensor] = []  # noqa: UP006
+        system_index: List[Tensor] = []  # noqa: UP006
+        atom_index: List[Tensor] = []  # noqa: UP006
+        start = 0
+        for i, system in enumerate(systems):
+            neighbors = system.get_neighbor_list(self.neighbors)
+            samples = neighbors.samples.values  # [E, 5]: first, second, shift a, b, c
+            vectors.append(neighbors.values.reshape(-1, 3))
+            pairs.append(samples[:, :2].T.to(torch.long) + start)
+            count = system.types.shape[0]
+            numbers.append(system.types.to(torch.long))
+            system_index.append(torch.full((count,), i, dtype=torch.long, device=device))
+            atom_index.append(torch.arange(count, dtype=torch.long, device=device))
+            start += count
+        forces = self.atom_forces(
+            torch.cat(vectors), torch.cat(numbers), torch.cat(pairs, dim=1)
+        )  # [N, 3]
+        structure = torch.cat(system_index)  # [N]
+        atom = torch.cat(atom_index)  # [N]
+        if selected_atoms is not None:
+            wanted = torch.zeros(forces.shape[0], dtype=torch.bool, device=device)
+            chosen = selected_atoms.values.to(torch.long)  # [M, 2]: system, atom
+            first = torch.zeros(len(systems) + 1, dtype=torch.long, device=device)
+            first[1:] = torch.bincount(structure, minlength=len(systems)).cumsum(0)
+            wanted[first[chosen[:, 0]] + chosen[:, 1]] = True
+            forces, structure, atom = forces[wanted], structure[wanted], atom[wanted]
+        block = TensorBlock(
+            values=forces.unsqueeze(-1),  # [N, 3, 1]
+            samples=Labels(
+                ["system", "atom"], torch.stack([structure, atom], dim=1).to(torch.int32)
+            ),
+            components=[
+                Labels(["xyz"], torch.arange(3, dtype=torch.int32, device=device).unsqueeze(-1))
+            ],
+            properties=Labels(
+                ["non_conservative_force"], torch.zeros((1, 1), dtype=torch.int32, device=device)
+            ),
+        )
+        keys_ = Labels(["_"], torch.zeros((1, 1), dtype=torch.int32, device=device))
+        results["non_conservative_force"] = TensorMap(keys_, [block])
+        return results
+
+
 def _example_graph(
     num_atoms: int, numbers: Sequence[int], cutoff: float, dtype: torch.dtype, seed: int
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -141,8 +221,10 @@ def _example_graph(
     return vectors.to(dtype), types, pairs
 
 
-def _trace(module: AtomEnergies, numbers: Sequence[int], cutoff: float, dtype: torch.dtype) -> Any:
-    """Trace the per-atom energies and check the trace on graphs of other sizes."""
+def _trace(
+    module: AtomEnergies | AtomForces, numbers: Sequence[int], cutoff: float, dtype: torch.dtype
+) -> Any:
+    """Trace the per-atom energies (or forces) and check the trace on graphs of other sizes."""
     example = _example_graph(5, numbers, cutoff, dtype, seed=0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)  # type: ignore[attr-defined]
@@ -162,7 +244,7 @@ def _trace(module: AtomEnergies, numbers: Sequence[int], cutoff: float, dtype: t
 
 
 def export_metatomic(
-    checkpoint_or_task: str | os.PathLike[str] | ForceRegressionTask,
+    checkpoint_or_task: str | os.PathLike[str] | ForceRegressionTask | GradFreeForceRegression,
     path: str | os.PathLike[str],
     *,
     dtype: torch.dtype = torch.float32,
@@ -182,11 +264,23 @@ def export_metatomic(
     vectors. The encoder and head are traced (:func:`torch.jit.trace`) inside a scripted
     module; the trace is checked on graphs of other sizes before the file is written.
 
+    A direct-force model (:class:`~matsci.tasks.physics.GradFreeForceRegression`) is written
+    with metatomic's ``non_conservative_force`` output only, no ``energy``: per atom (samples
+    ``system``, ``atom``), one component ``xyz`` and one property, in eV/Å; the forces its
+    vector head predicts, as ``task.predict(batch)["force"]``. Engines that need an energy
+    refuse such a model: ``metatomic_ase.MetatomicCalculator`` (0.1) raises
+    ``PropertyNotImplementedError`` for ``atoms.get_forces()`` even with
+    ``non_conservative="forces"``, and ``metatomic_torchsim.MetatomicModel`` (0.1) refuses to
+    load it; ``MetatomicCalculator(path).run_model(atoms, {"non_conservative_force":
+    ModelOutput(unit="eV/Angstrom", sample_kind="atom")})`` and the ``AtomisticModel`` itself
+    give the forces.
+
     Parameters
     ----------
     checkpoint_or_task
         A Lightning checkpoint (read with :func:`~matsci.training.load_model`) or a
-        :class:`~matsci.tasks.physics.ForceRegressionTask`.
+        :class:`~matsci.tasks.physics.ForceRegressionTask` or
+        :class:`~matsci.tasks.physics.GradFreeForceRegression`.
     path
         The file to write (conventionally ``*.pt``).
     dtype
@@ -198,7 +292,8 @@ def export_metatomic(
         encoder's ``cutoff``.
     atomic_types
         Atomic numbers the model accepts; by default those with a nonzero reference energy
-        (the trained elements).
+        (the trained elements), and for a direct-force model (which cannot tell them) every
+        element its encoder embeds (``1..max_atomic_number``).
     name
         The model's name in its metadata.
 
@@ -210,7 +305,8 @@ def export_metatomic(
     Raises
     ------
     ValueError
-        If the task is not a ``ForceRegressionTask``, no cutoff is known, the checkpoint's
+        If the checkpoint's task is neither a ``ForceRegressionTask`` nor a
+        ``GradFreeForceRegression``, no cutoff is known, the checkpoint's
         graph keeps only ``max_neighbors`` neighbours (metatomic's lists keep all), ``dtype``
         is not float32/float64, no atomic type is known, or the encoder cannot be traced.
     """
@@ -224,8 +320,12 @@ def export_metatomic(
         checkpoint_or_task, task, cutoff, owner="export_metatomic"
     )
     force_task = copy.deepcopy(force_task).to(device="cpu", dtype=dtype).eval()
-    known = KnownElements.of(force_task, atomic_types, owner="export_metatomic")
-    types = sorted(known.numbers or ())
+    conservative = isinstance(force_task, ForceRegressionTask)
+    if isinstance(force_task, GradFreeForceRegression) and atomic_types is None:
+        types = direct_force_elements(force_task)
+    else:
+        known = KnownElements.of(force_task, atomic_types, owner="export_metatomic")
+        types = sorted(known.numbers or ())
     if not types:
         raise ValueError(
             "export_metatomic: the task has no nonzero reference energy to tell its elements; "
@@ -233,13 +333,25 @@ def export_metatomic(
         )
     for parameter in force_task.parameters():
         parameter.requires_grad_(False)
-    traced = _trace(AtomEnergies(force_task), types, cutoff, dtype)
     options = NeighborListOptions(cutoff=cutoff, full_list=True, strict=True)
+    module: nn.Module
+    readout_hops = 0
+    if isinstance(force_task, ForceRegressionTask):
+        traced = _trace(AtomEnergies(force_task), types, cutoff, dtype)
+        module = _MetatomicForceField(traced, options)
+        output = ModelOutput(unit="eV", sample_kind="system")
+    else:
+        forces = AtomForces(force_task)
+        # The edge readout reads its neighbours' embeddings: one cutoff further.
+        readout_hops = int(forces.edge_readout)
+        module = _MetatomicDirectForces(_trace(forces, types, cutoff, dtype), options)
+        output = ModelOutput(unit="eV/Angstrom", sample_kind="atom")
     # Message passing: an atom feels atoms up to one cutoff per layer away.
     encoder = force_task.encoder
     layers = int(getattr(encoder, "num_interactions", getattr(encoder, "num_layers", 1)))
+    layers += readout_hops
     capabilities = ModelCapabilities(
-        outputs={"energy": ModelOutput(unit="eV", sample_kind="system")},
+        outputs={"energy" if conservative else FORCE_OUTPUT: output},
         atomic_types=types,
         interaction_range=cutoff * layers,
         length_unit="Angstrom",
@@ -247,7 +359,7 @@ def export_metatomic(
         dtype=_DTYPES[dtype],
     )  # fmt: skip
     metadata = ModelMetadata(name=name, description="Exported by matsci.")
-    model = AtomisticModel(_MetatomicForceField(traced, options).eval(), metadata, capabilities)
+    model = AtomisticModel(module.eval(), metadata, capabilities)
     target = Path(path)
     with _builtin_index_select(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*torch.jit.script.*deprecated")

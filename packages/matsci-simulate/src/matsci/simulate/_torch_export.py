@@ -1,4 +1,4 @@
-"""Export a trained force field as a ``torch.export`` program: energy, forces and stress."""
+"""Export a trained force field as a ``torch.export`` program (energy, forces, stress)."""
 
 from __future__ import annotations
 
@@ -13,10 +13,12 @@ from torch.fx.experimental.proxy_tensor import make_fx
 
 from matsci.simulate._atom_energies import (
     AtomEnergies,
+    ExportedTask,
     check_on_other_graphs,
     exported_force_task,
 )
-from matsci.tasks.physics import ForceRegressionTask, KnownElements
+from matsci.simulate._direct_forces import AtomForces
+from matsci.tasks.physics import ForceRegressionTask, GradFreeForceRegression, KnownElements
 
 __all__ = ["export_program"]
 
@@ -64,6 +66,25 @@ class _EnergyForcesStress(nn.Module):
         return energy.detach(), forces, stress
 
 
+class _DirectForces(nn.Module):
+    """Direct forces of one structure from its full neighbour list (the cell is not read)."""
+
+    def __init__(self, atom_forces: AtomForces) -> None:
+        super().__init__()
+        self.atom_forces = atom_forces
+
+    def forward(
+        self,
+        positions: Tensor,
+        numbers: Tensor,
+        edge_index: Tensor,
+        edge_shifts: Tensor,
+        cell: Tensor,
+    ) -> tuple[Tensor]:
+        vectors = positions[edge_index[1]] - positions[edge_index[0]] + edge_shifts  # [E, 3]
+        return (self.atom_forces(vectors, numbers, edge_index),)  # [N, 3]
+
+
 class _Program(nn.Module):
     """A traced function of (weights, inputs), with the weights held as buffers."""
 
@@ -81,9 +102,9 @@ class _Program(nn.Module):
         edge_index: Tensor,
         edge_shifts: Tensor,
         cell: Tensor,
-    ) -> tuple[Tensor, Tensor, Tensor]:
+    ) -> tuple[Tensor, ...]:
         state = {name: self.get_buffer(f"weight_{i}") for i, name in enumerate(self.names)}
-        result: tuple[Tensor, Tensor, Tensor] = self.traced(
+        result: tuple[Tensor, ...] = self.traced(
             state, positions, numbers, edge_index, edge_shifts, cell
         )
         return result
@@ -107,9 +128,13 @@ def _example(
 
 
 def _export(
-    module: _EnergyForcesStress, numbers: list[int], cutoff: float, dtype: torch.dtype
+    module: _EnergyForcesStress | _DirectForces,
+    encoder: str,
+    numbers: list[int],
+    cutoff: float,
+    dtype: torch.dtype,
 ) -> torch.export.ExportedProgram:
-    """Trace energy and derivatives into one graph, export it, and check it on other sizes."""
+    """Trace the outputs (and derivatives) into one graph, export it, check it on other sizes."""
     # Tracing leaves fake tensors in the traced module's weights: trace a copy, keep the
     # original to check the program against.
     copied = copy.deepcopy(module)
@@ -122,15 +147,14 @@ def _export(
         edge_index: Tensor,
         edge_shifts: Tensor,
         cell: Tensor,
-    ) -> tuple[Tensor, Tensor, Tensor]:
+    ) -> tuple[Tensor, ...]:
         inputs = (positions, numbers, edge_index, edge_shifts, cell)
-        result: tuple[Tensor, Tensor, Tensor] = torch.func.functional_call(copied, weights, inputs)
+        result: tuple[Tensor, ...] = torch.func.functional_call(copied, weights, inputs)
         return result
 
     example = _example(5, 23, numbers, cutoff, dtype, seed=0)
     atoms, edges = torch.export.Dim("atoms", min=1), torch.export.Dim("edges", min=1)
     shapes = ({0: atoms}, {0: atoms}, {1: edges}, {0: edges}, None)
-    name = type(module.atom_energies.encoder).__name__
     try:
         # torch.export cannot trace torch.autograd.grad itself; make_fx records the backward
         # pass as ordinary ATen operators, and that graph is exported with dynamic sizes.
@@ -140,7 +164,7 @@ def _export(
         )
     except Exception as error:
         raise ValueError(
-            f"{_OWNER}: the encoder {name} cannot be exported with torch.export "
+            f"{_OWNER}: the encoder {encoder} cannot be exported with torch.export "
             f"({type(error).__name__}: {error})"
         ) from error
     check_on_other_graphs(
@@ -151,13 +175,13 @@ def _export(
             for seed, (atoms, edges) in ((1, (2, 3)), (2, (11, 61)))
         ],
         dtype,
-        failure=f"{_OWNER}: the exported encoder {name} is wrong on a graph of another size",
+        failure=f"{_OWNER}: the exported encoder {encoder} is wrong on a graph of another size",
     )
     return program
 
 
 def export_program(
-    checkpoint_or_task: str | os.PathLike[str] | ForceRegressionTask,
+    checkpoint_or_task: str | os.PathLike[str] | ForceRegressionTask | GradFreeForceRegression,
     path: str | os.PathLike[str],
     *,
     dtype: torch.dtype = torch.float32,
@@ -165,6 +189,9 @@ def export_program(
     cutoff: float | None = None,
 ) -> Path:
     r"""Write a trained force field as a ``torch.export`` program (energy, forces, stress).
+
+    A direct-force model (:class:`~matsci.tasks.physics.GradFreeForceRegression`) is written
+    as a program of its forces alone; see below.
 
     The file (:func:`torch.export.save`, conventionally ``*.pt2``) runs with PyTorch alone:
     ``torch.export.load(path).module()`` needs neither matsci nor PyTorch Geometric nor
@@ -196,6 +223,13 @@ def export_program(
     checkpoint), including periodic images of an atom itself. AOTInductor packaging
     (compiled ``.pt2`` packages) is left out: its API is private to ``torch._inductor``.
 
+    A :class:`~matsci.tasks.physics.GradFreeForceRegression` has no energy: its program takes
+    the same five inputs and returns a tuple of one tensor, ``(forces,)`` [N, 3] (eV/Å, the
+    forces its vector head predicts, as ``task.predict(batch)["force"]``; ``cell`` is not
+    read). The record stored in the file (``matsci.json``, an extra file of
+    :func:`torch.export.save`) names the outputs in order: ``"outputs": ["forces"]`` here,
+    ``["energy", "forces", "stress"]`` for an energy model.
+
     A helper that builds the inputs of an ASE structure with ``ase.neighborlist`` (vesin's
     ``NeighborList(cutoff=..., full_list=True).compute(points, box, periodic, "ijS")``
     gives the same arrays)::
@@ -222,7 +256,8 @@ def export_program(
     ----------
     checkpoint_or_task
         A Lightning checkpoint (read with :func:`~matsci.training.load_model`) or a
-        :class:`~matsci.tasks.physics.ForceRegressionTask`.
+        :class:`~matsci.tasks.physics.ForceRegressionTask` or
+        :class:`~matsci.tasks.physics.GradFreeForceRegression`.
     path
         The file to write (conventionally ``*.pt2``).
     dtype
@@ -243,10 +278,13 @@ def export_program(
     Raises
     ------
     ValueError
-        If the task is not a ``ForceRegressionTask``, no cutoff is known, the checkpoint's
-        graph keeps only ``max_neighbors`` neighbours, ``dtype`` is not float32/float64, or
-        the encoder cannot be exported (the message gives PyTorch's reason) or its export is
-        wrong on a graph of another size.
+        If the checkpoint's task is neither a ``ForceRegressionTask`` nor a
+        ``GradFreeForceRegression``, no cutoff is known, the checkpoint's graph keeps only
+        ``max_neighbors`` neighbours, ``dtype`` is not float32/float64, or the encoder cannot
+        be exported (the message gives PyTorch's reason) or its export is wrong on a graph of
+        another size.
+    TypeError
+        If ``checkpoint_or_task`` is another task object.
 
     Examples
     --------
@@ -279,19 +317,28 @@ def export_program(
         parameter.requires_grad_(False)
     known = KnownElements.of(force_task, None, owner=_OWNER).numbers
     numbers = sorted(known) if known else [1, 6, 8]
-    module = _EnergyForcesStress(AtomEnergies(force_task)).eval()
-    program = _export(module, numbers, cutoff, dtype)
+    module = _program_module(force_task)
+    encoder = type(force_task.encoder).__name__
+    program = _export(module, encoder, numbers, cutoff, dtype)
+    conservative = isinstance(force_task, ForceRegressionTask)
     metadata = {
         "cutoff": cutoff,
         "dtype": str(dtype).removeprefix("torch."),
         "atomic_numbers": sorted(known) if known else None,
         "inputs": ["positions", "atomic_numbers", "edge_index", "edge_shifts", "cell"],
-        "outputs": ["energy", "forces", "stress"],
+        "outputs": ["energy", "forces", "stress"] if conservative else ["forces"],
         "units": {"length": "Angstrom", "energy": "eV"},
-        "encoder": type(force_task.encoder).__name__,
+        "encoder": encoder,
     }
     target = Path(path)
     torch.export.save(
         program, os.fspath(target), extra_files={_METADATA_FILE: json.dumps(metadata)}
     )
     return target
+
+
+def _program_module(task: ExportedTask) -> _EnergyForcesStress | _DirectForces:
+    """What the program computes: energy and its derivatives, or the task's direct forces."""
+    if isinstance(task, ForceRegressionTask):
+        return _EnergyForcesStress(AtomEnergies(task)).eval()
+    return _DirectForces(AtomForces(task)).eval()
