@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import math
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 from torch_geometric.data import Batch
 from torch_geometric.nn.models.schnet import GaussianSmearing, InteractionBlock, ShiftedSoftplus
 from torch_geometric.utils import scatter
@@ -24,6 +25,64 @@ def _check_positive_int(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"SchNetEncoder({name}={value!r}): expected a positive int")
     return value
+
+
+class _ShiftedSoftplus(torch.autograd.Function):
+    """``softplus(x) - log 2`` with the derivative ``sigmoid(x)`` written out.
+
+    Autograd's own derivative of ``softplus`` differentiates again (forces, then weight
+    gradients) through a slow composite; ``sigmoid`` has a fused derivative. Same values
+    (``F.softplus`` forward); derivatives differ from ``softplus_backward`` only beyond its
+    linear threshold (x > 20), by less than ``exp(-20)``.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:
+        ctx.save_for_backward(x)
+        return F.softplus(x) - math.log(2.0)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        (x,) = ctx.saved_tensors
+        return grad * torch.sigmoid(x)  # differentiable: double backward works
+
+
+def _ssp(x: Tensor) -> Tensor:
+    """Shifted softplus ``log(0.5 e^x + 0.5)``, zero at 0 (SchNet's activation)."""
+    if torch.jit.is_tracing():
+        # TorchScript cannot hold a Python autograd Function (the metatomic export traces).
+        return F.softplus(x) - math.log(2.0)
+    return cast(Tensor, _ShiftedSoftplus.apply(x))
+
+
+def _interaction(
+    block: InteractionBlock,
+    h: Tensor,
+    source: Tensor,
+    target: Tensor,
+    expansion: Tensor,
+    envelope: Tensor,
+) -> Tensor:
+    """The update ``Δh`` [N, D] of one PyG ``InteractionBlock``, with its weights.
+
+    The same mathematics as ``block(h, edge_index, distance, expansion)``: filters
+    ``W = Dense(ssp(Dense(e))) f_c`` [E, F], messages ``lin1(h)[source] * W`` summed at
+    ``target`` (``index_add``: no broadcast index, no ``MessagePassing`` dispatch), then
+    ``lin(ssp(lin2(·)))``. ``envelope`` [E, 1] is the cosine cutoff, computed once for all
+    blocks.
+    """
+    mlp, conv = block.mlp, block.conv
+    filters = mlp[2](_ssp(mlp[0](expansion))) * envelope  # [E, F]
+    x = conv.lin1(h)  # [N, F]
+    messages = x.index_select(0, source) * filters  # [E, F]
+    summed = torch.zeros_like(x).index_add(0, target, messages)  # [N, F]
+    return cast(Tensor, block.lin(_ssp(conv.lin2(summed))))  # [N, D]
+
+
+def _gaussians(smearing: GaussianSmearing, distance: Tensor) -> Tensor:
+    """PyG's ``GaussianSmearing`` [E, G], with ``square`` (a cheaper derivative than ``pow``)."""
+    offset: Tensor = smearing.offset
+    return torch.exp(smearing.coeff * (distance.unsqueeze(-1) - offset).square())
 
 
 def _clamp_to_cutoff(distance: Tensor, cutoff: float) -> Tensor:
@@ -182,10 +241,15 @@ class SchNetEncoder(nn.Module):
         offsets = getattr(batch, keys.CELL_OFFSETS, None) if cell is not None else None
         _, distance = edge_vectors(pos, edge_index, cell, offsets, structure)  # [E]
         distance = _clamp_to_cutoff(distance, self.cutoff)  # [E]
-        expansion = self.distance_expansion(distance)  # [E, num_gaussians]
+        expansion = _gaussians(self.distance_expansion, distance)  # [E, num_gaussians]
+        # CFConv's cosine cutoff, once for every block
+        envelope = 0.5 * (torch.cos(distance * math.pi / self.cutoff) + 1.0)  # [E]
+        envelope = envelope.unsqueeze(-1)  # [E, 1]
+        source, target = edge_index[0], edge_index[1]  # [E], [E]
         h = self.embedding(batch[keys.ATOMIC_NUMBERS])  # [N, D]
         for interaction in self.interactions:
-            h = h + interaction(h, edge_index, distance, expansion)
+            block = cast(InteractionBlock, interaction)
+            h = h + _interaction(block, h, source, target, expansion, envelope)
         if structure is None:
             structure = torch.zeros(h.shape[0], dtype=torch.long, device=h.device)
         # B from a tensor's size (natoms [B]), not the int num_graphs: under torch.compile
