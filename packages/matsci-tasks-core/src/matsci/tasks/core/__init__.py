@@ -17,6 +17,7 @@ from matsci.contract import (
 from matsci.tasks.core._base_task import DEFAULT_OUTPUT_KWARGS, BaseTaskModule
 from matsci.tasks.core._binary_classification import BinaryClassificationTask
 from matsci.tasks.core._checkpoint_io import read_checkpoint
+from matsci.tasks.core._compiled_pass import CompiledViewPass
 from matsci.tasks.core._crystal_symmetry import NUM_SPACEGROUPS, CrystalSymmetryClassificationTask
 from matsci.tasks.core._engine import CHECKPOINT_RECORD, TaskEngine, TaskEntry
 from matsci.tasks.core._inputs import (
@@ -57,6 +58,7 @@ __all__ = [
     "AttributeSpec",
     "BaseTaskModule",
     "BinaryClassificationTask",
+    "CompiledViewPass",
     "CHECKPOINT_RECORD",
     "CrystalSymmetryClassificationTask",
     "Embeddings",

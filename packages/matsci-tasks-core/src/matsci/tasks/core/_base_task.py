@@ -112,13 +112,20 @@ class BaseTaskModule(TaskEngine):
         from data with :meth:`fit_normalizers`.
     task_loss_scaling
         ``{key: weight}`` multiplying each key's loss in the total (default 1).
+    compile_training
+        Train with a compiled graph of the encoder and the outputs, derivatives included, for
+        tasks that differentiate the energy (forces, stress): ``True`` compiles with
+        ``torch.compile``'s default backend (``"inductor"``), a string names another backend
+        (``"aot_eager"``, no code generation). The first training step (and the first of each
+        new size assumption) traces and compiles; evaluation and prediction stay eager. From the
+        command line: ``--model.init_args.compile_training true``. Default ``False`` (eager).
 
     Raises
     ------
     ValueError
-        On a key without a loss, a loss or scaling for an unknown key, duplicate keys, an
-        unknown reduction, both or neither of ``encoder`` and ``encoder_class``, or an encoder
-        without ``embedding_dim``.
+        On an unknown ``compile_training`` backend, a key without a loss, a loss or scaling for
+        an unknown key, duplicate keys, an unknown reduction, both or neither of ``encoder`` and
+        ``encoder_class``, or an encoder without ``embedding_dim``.
     """
 
     default_loss: ClassVar[str] = "torch.nn.MSELoss"
@@ -166,6 +173,7 @@ class BaseTaskModule(TaskEngine):
         embedding_reduction_type: Reduction | None = None,
         normalize_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
         task_loss_scaling: Mapping[str, float] | None = None,
+        compile_training: bool | str = False,
     ) -> None:
         super().__init__()
         name = type(self).__name__
@@ -203,6 +211,7 @@ class BaseTaskModule(TaskEngine):
             weight_decay=weight_decay,
             optimizer_path=optimizer_path(optimizer),
             scheduler_config=scheduler_config,
+            compile_training=compile_training,
         )
         # Lightning records the constructor's arguments (the subclass's too); the ones that are
         # not plain data are then stored in their plain form, which the constructor takes as

@@ -22,6 +22,7 @@ from typing_extensions import override
 
 from matsci.contract import class_path
 from matsci.tasks.core._checkpoint_io import Weights, load_checkpoint_with_weights
+from matsci.tasks.core._compiled_pass import CompiledViewPass, compile_backend
 from matsci.tasks.core._epoch_means import (
     EpochMeans,
     PendingMetricInputs,
@@ -84,6 +85,7 @@ class TaskEngine(pl.LightningModule):
         task_scaling: Mapping[str, float] | None = None,
         loss_weight_schedules: Mapping[str, LossWeightSchedule] | None = None,
         group_lr: Mapping[str, float] | None = None,
+        compile_training: bool | str = False,
     ) -> None:
         """Register the tasks and the optimization settings; called once by subclasses.
 
@@ -103,6 +105,16 @@ class TaskEngine(pl.LightningModule):
             ``{task name: schedule}`` multiplying the weight at each step.
         group_lr
             ``{"encoder" or task name: lr}`` of single parameter groups.
+        compile_training
+            Compile the training pass of every view whose tasks differentiate the energy
+            (:class:`~matsci.tasks.core._compiled_pass.CompiledViewPass`): ``True`` with
+            ``torch.compile``'s default backend (``"inductor"``), a string names another
+            backend (``"aot_eager"``); ``False`` (default) trains eagerly.
+
+        Raises
+        ------
+        ValueError
+            If ``compile_training`` names no ``torch.compile`` backend.
         """
         # A plain list, not a ModuleDict: a single task is its own entry.
         self.task_entries: list[TaskEntry] = list(entries)
@@ -131,6 +143,11 @@ class TaskEngine(pl.LightningModule):
         self._train_means = EpochMeans(train_value_names(self.task_entries, self.is_multitask))
         self._pending_train_metrics = {entry.name: PendingMetricInputs() for entry in entries}
         self._checked: set[tuple[str, str]] = set()
+        backend = compile_backend(type(self).__name__, compile_training)
+        # A plain object, not a module: the state_dict is the same with and without it.
+        self.compiled_pass = (
+            None if backend is None else CompiledViewPass(backend, owner=type(self).__name__)
+        )
 
     # -- structure --------------------------------------------------------------------------
 
@@ -170,6 +187,9 @@ class TaskEngine(pl.LightningModule):
         """Raw outputs (normalized units) of every task whose dataset has a batch.
 
         One encoder pass per dataset and view; the tasks of that pass read the same embeddings.
+        With ``compile_training``, a training pass (``self.training`` and autograd on) of a view
+        whose tasks differentiate the energy runs as one compiled graph (:attr:`compiled_pass`);
+        evaluation and prediction stay eager.
 
         Parameters
         ----------
@@ -186,6 +206,9 @@ class TaskEngine(pl.LightningModule):
         keep_graph = self.training and torch.is_grad_enabled()
         for dataset, batch in batches.items():
             for request, group in self._views[dataset]:
+                if self.compiled_pass is not None and keep_graph and request.needs_gradients:
+                    outputs.update(self.compiled_pass(self.encoder, group, request, batch))
+                    continue
                 with gradients_enabled(request.needs_gradients):
                     encoder_input = prepare_encoder_input(
                         batch, request, keep_graph=keep_graph, shared=len(group) > 1

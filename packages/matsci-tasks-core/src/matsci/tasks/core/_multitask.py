@@ -70,6 +70,10 @@ class MultiTaskLitModule(TaskEngine):
         Learning-rate schedule, as for :class:`BaseTaskModule`.
     group_lr
         Learning rates of single parameter groups: ``{"encoder": 1e-4, "<dataset>/<task>": ...}``.
+    compile_training
+        Train each view whose tasks differentiate the energy with one compiled graph, as for
+        :class:`BaseTaskModule` (``True``, or a ``torch.compile`` backend name); the tasks'
+        own ``compile_training`` is not used. Default ``False`` (eager).
 
     Raises
     ------
@@ -117,6 +121,7 @@ class MultiTaskLitModule(TaskEngine):
         optimizer: str | type[torch.optim.Optimizer] = "AdamW",
         scheduler_kwargs: Mapping[str, Any] | None = None,
         group_lr: Mapping[str, float] | None = None,
+        compile_training: bool | str = False,
     ) -> None:
         super().__init__()
         if not tasks and not task_configs:
@@ -158,6 +163,7 @@ class MultiTaskLitModule(TaskEngine):
             task_scaling=_keyed(task_scaling, names, "task_scaling", float),
             loss_weight_schedules=_keyed(schedules, names, "loss_weight_schedules", _same),
             group_lr=_keyed(group_lr, ["encoder", *names], "group_lr", float),
+            compile_training=compile_training,
         )
         # Plain data only: the checkpoint rebuilds every task from task_configs.
         self.save_hyperparameters(
@@ -174,6 +180,7 @@ class MultiTaskLitModule(TaskEngine):
                 "optimizer": self.optimizer_path,
                 "scheduler_kwargs": scheduler_config,
                 "group_lr": dict(group_lr or {}),
+                "compile_training": compile_training,
             }
         )
 

@@ -376,7 +376,9 @@ class _ElementReferences(nn.Module):
 
 
 def _num_structures(batch: Batch) -> int:
-    return int(getattr(batch, "num_graphs", 1))
+    # No int(): a traced training step (compile_training) keeps the count symbolic.
+    num: int = getattr(batch, "num_graphs", 1)
+    return num
 
 
 def _residual_scale(fit: ReferenceEnergyFit) -> float:

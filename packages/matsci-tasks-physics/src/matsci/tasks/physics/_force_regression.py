@@ -460,7 +460,10 @@ class ForceRegressionTask(BaseTaskModule):
 
 
 def _num_structures(batch: Batch) -> int:
-    return int(getattr(batch, "num_graphs", 1))
+    # No int(): under a symbolic trace (compile_training) num_graphs is a SymInt, and int()
+    # would fix the trace to one number of structures.
+    num: int = getattr(batch, "num_graphs", 1)
+    return num
 
 
 def _natoms(batch: Batch) -> Tensor:
