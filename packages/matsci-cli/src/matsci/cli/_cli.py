@@ -20,8 +20,8 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.trainer.states import TrainerStatus
 from typing_extensions import override
 
-from matsci.cli._entry import DESCRIPTION
-from matsci.cli._errors import DEBUG_VARIABLE, ConfigError, ShortErrorParser, shorten
+from matsci.cli._entry import DEBUG_VARIABLE, DESCRIPTION
+from matsci.cli._errors import ConfigError, ShortErrorParser, shorten
 from matsci.cli._export import export_main
 from matsci.cli._paths import next_version, resolve_bundled
 from matsci.cli._plots import learning_curve_plot, write_parity_plots

@@ -7,6 +7,7 @@ the top-level help, which needs none of it, is printed from here; every subcomma
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 from typing import Final
@@ -19,6 +20,7 @@ Train, test and use matsci tasks from YAML configuration files.
   matsci validate --config CONFIG --ckpt_path CKPT    validate a checkpoint
   matsci predict --ckpt_path CKPT --data FILE [--output OUT.csv|OUT.db]
                                                       predict for every structure of a file
+                                                      (CKPT may be an exported MODEL.pt2)
   matsci export CKPT --format metatomic -o MODEL.pt   a standalone model for simulators
   matsci fit --config CONFIG --print_config           the complete config, to save and re-run
 
@@ -26,6 +28,9 @@ Every task, encoder, data module, transform, loss, scheduler and callback is cho
 path with its arguments in YAML. Set MATSCI_DEBUG=1 to see tracebacks instead of short errors.
 """
 """What ``matsci --help`` prints first (also the description of the full parser)."""
+
+DEBUG_VARIABLE: Final = "MATSCI_DEBUG"
+"""Environment variable that, set to ``1``, shows full tracebacks instead of short messages."""
 
 SUBCOMMANDS: Final = ("fit", "validate", "test", "predict", "export")
 """The subcommands of ``matsci``; ``matsci SUBCOMMAND --help`` lists each one's arguments."""
@@ -59,9 +64,37 @@ def main(args: Sequence[str] | None = None) -> None:
     if argv in (["-h"], ["--help"]):
         print(_usage())
         return
+    if argv[0] == "predict" and _exported_model(argv[1:]):
+        _predict_exported(argv[1:])
+        return
     from matsci.cli._cli import run_command  # the heavy stack, only for a real command
 
     run_command(argv)
+
+
+def _exported_model(args: Sequence[str]) -> bool:
+    """Whether ``--ckpt_path`` names an exported program (run without the training stack)."""
+    for index, arg in enumerate(args):
+        value = args[index + 1] if arg == "--ckpt_path" and index + 1 < len(args) else None
+        if arg.startswith("--ckpt_path="):
+            value = arg.split("=", 1)[1]
+        if value is not None:
+            return value.endswith(".pt2")
+    return False
+
+
+def _predict_exported(args: Sequence[str]) -> None:
+    """``matsci predict`` of a ``.pt2`` file; its mistakes end in one line, as for the others."""
+    from matsci.cli._predict_program import predict_program_main
+
+    try:
+        predict_program_main(args)
+    except (ValueError, ImportError, OSError) as error:
+        if os.environ.get(DEBUG_VARIABLE, "") not in ("", "0"):
+            raise
+        print(f"matsci: error: {error}", file=sys.stderr)
+        print(f"(set {DEBUG_VARIABLE}=1 for the traceback)", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def _choices() -> str:

@@ -12,9 +12,6 @@ from typing_extensions import override
 
 from matsci.contract import import_class
 
-DEBUG_VARIABLE: Final = "MATSCI_DEBUG"
-"""Environment variable that, set to ``1``, shows full tracebacks instead of short messages."""
-
 _UNION_NOISE: Final = (
     "Does not validate against any of the Union subtypes",
     "Subtypes:",

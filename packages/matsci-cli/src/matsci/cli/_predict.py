@@ -3,18 +3,13 @@
 
 from __future__ import annotations
 
-import csv
 import json
-import shutil
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
-import ase.db
-import ase.io
 import numpy as np
 import torch
-from ase import Atoms
 from jsonargparse import ArgumentParser, Namespace
 from torch import Tensor
 from torch_geometric.data import Batch
@@ -23,20 +18,21 @@ from torch_geometric.transforms import BaseTransform, Compose
 
 from matsci.cli._errors import ConfigError, ShortErrorParser
 from matsci.cli._paths import resolve_bundled
+from matsci.cli._prediction_table import (
+    CSV_SUFFIXES,
+    DB_SUFFIXES,
+    PER_ATOM,
+    SOURCE,
+    formula,
+    write_csv,
+    write_db,
+)
 from matsci.cli._run_info import CHECKPOINT_KEY
 from matsci.contract import keys
-from matsci.data import AtomsDataset, ShardedDataset, data_to_atoms, open_dataset
+from matsci.data import AtomsDataset, ShardedDataset, open_dataset
 from matsci.tasks.core import BaseTaskModule, MultiTaskLitModule
 from matsci.tasks.physics import KnownElements
 from matsci.training import LoadedModel, load_model
-
-_DB_SUFFIXES: Final = (".db",)
-_XYZ_SUFFIXES: Final = (".xyz", ".extxyz")
-_CSV_SUFFIXES: Final = (".csv",)
-_VOIGT: Final = {"xx": (0, 0), "yy": (1, 1), "zz": (2, 2), "yz": (1, 2), "xz": (0, 2), "xy": (0, 1)}
-_SOURCE: Final = "source"
-_IDENTIFIERS: Final = (_SOURCE, "structure_id", "formula", "natoms")
-_PER_ATOM: Final = "_per_atom"
 
 
 def predict_parser() -> ArgumentParser:
@@ -160,7 +156,7 @@ def predict_to_file(
         :class:`~matsci.tasks.physics.KnownElements`).
     """
     data_path, output_path = Path(data), Path(output)
-    if output_path.suffix not in _CSV_SUFFIXES + _DB_SUFFIXES:
+    if output_path.suffix not in CSV_SUFFIXES + DB_SUFFIXES:
         raise ConfigError(
             f"predict --output {str(output_path)!r}: expected a .csv or .db file name"
         )
@@ -172,10 +168,10 @@ def predict_to_file(
     predict, levels = _predictor(loaded, dataset)
     known = _known_elements(loaded, dataset)
     rows = list(_predict_rows(predict, levels, structures, batch_size, torch.device(device), known))
-    if output_path.suffix in _CSV_SUFFIXES:
-        _write_csv(rows, output_path)
+    if output_path.suffix in CSV_SUFFIXES:
+        write_csv(rows, output_path)
     else:
-        _write_db(rows, data_path, output_path)
+        write_db(rows, data_path, output_path)
     return len(rows)
 
 
@@ -319,18 +315,18 @@ def _predict_rows(
         numbers = batch[keys.ATOMIC_NUMBERS].cpu().numpy()
         for i in range(batch.num_graphs):
             atoms = numbers[offsets[i] : offsets[i + 1]]
-            where = f"structure {int(batch[keys.STRUCTURE_ID][i])} {_formula(atoms)}"
+            where = f"structure {int(batch[keys.STRUCTURE_ID][i])} {formula(atoms)}"
             known.check(atoms.tolist(), owner="matsci predict", where=where)
         batch = batch.to(device)
         outputs = predict(batch)
         for i in range(batch.num_graphs):
             row: dict[str, Any] = {
                 "structure_id": int(batch[keys.STRUCTURE_ID][i]),
-                "formula": _formula(numbers[offsets[i] : offsets[i + 1]]),
+                "formula": formula(numbers[offsets[i] : offsets[i + 1]]),
                 "natoms": natoms[i],
             }
             if isinstance(dataset, ShardedDataset):
-                row[_SOURCE] = Path(dataset.paths[dataset.locate(position)[0]]).name
+                row[SOURCE] = Path(dataset.paths[dataset.locate(position)[0]]).name
             position += 1
             per_atom: set[str] = set()
             for key, value in outputs.items():
@@ -342,82 +338,5 @@ def _predict_rows(
                 else:
                     part = value[i]
                 row[key] = part.detach().cpu().numpy()
-            row[_PER_ATOM] = per_atom
+            row[PER_ATOM] = per_atom
             yield row
-
-
-def _formula(numbers: np.ndarray[Any, Any]) -> str:
-    formula: str = Atoms(numbers=numbers).get_chemical_formula()
-    return formula
-
-
-def _csv_columns(key: str, value: np.ndarray[Any, Any], per_atom: bool) -> dict[str, Any]:
-    """Columns of one prediction: a number, its components, or a per-atom summary."""
-    if per_atom:
-        norms = np.linalg.norm(value.reshape(value.shape[0], -1), axis=1)
-        return {f"{key}_max_norm": float(norms.max()) if norms.size else 0.0}
-    flat = value.reshape(-1)
-    if flat.size == 1:
-        return {key: flat[0].item()}
-    if value.shape == (3, 3):  # symmetric: ASE's Voigt order xx, yy, zz, yz, xz, xy
-        return {f"{key}_{name}": float(value[i, j]) for name, (i, j) in _VOIGT.items()}
-    return {f"{key}_{index}": item.item() for index, item in enumerate(flat)}
-
-
-def _write_csv(rows: list[dict[str, Any]], output: Path) -> None:
-    table: list[dict[str, Any]] = []
-    for row in rows:
-        line: dict[str, Any] = {name: row[name] for name in _IDENTIFIERS if name in row}
-        for key, value in row.items():
-            if key not in _IDENTIFIERS and key != _PER_ATOM:
-                line.update(_csv_columns(key, value, key in row[_PER_ATOM]))
-        table.append(line)
-    columns = list(dict.fromkeys(name for line in table for name in line))
-    output.parent.mkdir(parents=True, exist_ok=True)
-    with output.open("w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(table)
-
-
-def _write_db(rows: list[dict[str, Any]], data: Path, output: Path) -> None:
-    output.parent.mkdir(parents=True, exist_ok=True)
-    if output.exists():
-        output.unlink()
-    if data.suffix in _DB_SUFFIXES:  # an SQLite file: a copy with the predictions added
-        shutil.copyfile(data, output)
-        with ase.db.connect(output, type="db") as database:
-            for row in rows:
-                numbers, arrays = _db_values(row)
-                database.update(row["structure_id"], data=arrays or None, **numbers)
-        return
-    if data.suffix in _XYZ_SUFFIXES:
-        frames: Iterable[Atoms] = ase.io.iread(data, index=":", format="extxyz")
-    else:  # shards or another database: the structures as the dataset reads them
-        source = open_dataset(data, keys=None)
-        frames = (data_to_atoms(source[position]) for position in range(len(source)))
-    with ase.db.connect(output, type="db") as database:
-        for row, atoms in zip(rows, frames, strict=True):
-            numbers, arrays = _db_values(row)
-            origin: dict[str, Any] = (
-                {"frame": row["structure_id"]}
-                if data.suffix in _XYZ_SUFFIXES
-                else {"source_row": row["structure_id"]}
-            )
-            if _SOURCE in row:
-                origin[_SOURCE] = row[_SOURCE]
-            database.write(atoms, data=arrays, **origin, **numbers)
-
-
-def _db_values(row: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``predicted_<key>`` numbers (key-value pairs) and arrays (row data) of one structure."""
-    numbers: dict[str, Any] = {}
-    arrays: dict[str, Any] = {}
-    for key, value in row.items():
-        if key in _IDENTIFIERS or key == _PER_ATOM:
-            continue
-        if value.size == 1:
-            numbers[f"predicted_{key}"] = value.reshape(-1)[0].item()
-        else:
-            arrays[f"predicted_{key}"] = np.asarray(value, dtype=np.float64)
-    return numbers, arrays
