@@ -24,6 +24,7 @@ ROOT = Path(__file__).parent
 PACKAGES = sorted(path.name for path in (ROOT / "packages").iterdir() if path.is_dir())
 EXTRAS = {
     "matsci-heads": ["e3nn"],
+    "matsci-encoders": ["cuequivariance"],
     "matsci-data": ["aselmdb"],
     "matsci-cli": ["export"],
     "matsci-simulate": ["torchsim", "lammps", "metatomic"],

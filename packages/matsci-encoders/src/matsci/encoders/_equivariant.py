@@ -2,22 +2,28 @@
 
 from __future__ import annotations
 
+import functools
+import itertools
 import math
 from typing import Any, Literal
 
 import torch
 from e3nn import o3
-from e3nn.nn import FullyConnectedNet, Gate
+from e3nn.math import normalize2mom
+from e3nn.nn import Gate
 from torch import Tensor, nn
 from torch_geometric.data import Batch
 from torch_geometric.utils import scatter
 
 from matsci.contract import Embeddings, keys
+from matsci.encoders._cuequivariance import CueEdgeTensorProduct
 from matsci.encoders._radial import RadialBasis
 from matsci.transforms import edge_vectors
 
 Readout = Literal["sum", "mean"]
 _READOUTS: tuple[Readout, ...] = ("sum", "mean")
+TensorProductBackend = Literal["e3nn", "cuequivariance"]
+_BACKENDS: tuple[TensorProductBackend, ...] = ("e3nn", "cuequivariance")
 _MAX_LMAX = 6
 _SCALAR_ACTIVATIONS = {1: nn.functional.silu, -1: torch.tanh}  # by parity, as in NequIP
 _GATE_ACTIVATIONS = {1: torch.sigmoid, -1: torch.tanh}
@@ -80,6 +86,14 @@ class EquivariantEncoder(nn.Module):
     radial_hidden
         Width of the two hidden layers of the MLP from the radial basis to the tensor-product
         weights.
+    tensor_product_backend
+        What computes the edge tensor products (gathered, multiplied, summed onto the
+        centres): ``"e3nn"`` (default; e3nn's Clebsch-Gordan coefficients, path by path in
+        PyTorch, on any device) or ``"cuequivariance"`` (:mod:`cuequivariance_torch`, from the
+        extra ``matsci-encoders[cuequivariance]``: its CUDA kernel on a GPU where
+        ``cuequivariance-ops-torch`` is installed and every irrep of ``hidden_irreps`` has the
+        same multiplicity, its PyTorch fallback otherwise). Both give the same numbers from
+        the same parameters, so a checkpoint loads with either.
 
     Attributes
     ----------
@@ -93,8 +107,12 @@ class EquivariantEncoder(nn.Module):
     Raises
     ------
     ValueError
-        If an argument is out of range, ``readout`` is unknown, or ``hidden_irreps`` cannot be
-        parsed, holds no ``0e`` or holds irreps the layers cannot produce.
+        If an argument is out of range, ``readout`` or ``tensor_product_backend`` is unknown,
+        or ``hidden_irreps`` cannot be parsed, holds no ``0e`` or holds irreps the layers
+        cannot produce.
+    ImportError
+        If ``tensor_product_backend="cuequivariance"`` and cuequivariance-torch is not
+        installed.
 
     Examples
     --------
@@ -125,6 +143,7 @@ class EquivariantEncoder(nn.Module):
         avg_num_neighbors: float = 10.0,
         readout: Readout = "sum",
         radial_hidden: int = 64,
+        tensor_product_backend: TensorProductBackend = "e3nn",
     ) -> None:
         super().__init__()
         _check_int("num_channels", num_channels, 1)
@@ -139,6 +158,11 @@ class EquivariantEncoder(nn.Module):
             raise ValueError(
                 f"EquivariantEncoder(readout={readout!r}): expected one of {list(_READOUTS)}"
             )
+        if tensor_product_backend not in _BACKENDS:
+            raise ValueError(
+                f"EquivariantEncoder(tensor_product_backend={tensor_product_backend!r}): "
+                f"expected one of {list(_BACKENDS)}"
+            )
         target = _parse_hidden_irreps(hidden_irreps, num_channels, lmax)
         # The constructor's arguments, read back by tasks so a checkpoint rebuilds this encoder.
         self.init_args: dict[str, Any] = {
@@ -147,7 +171,7 @@ class EquivariantEncoder(nn.Module):
             "max_atomic_number": max_atomic_number,
             "hidden_irreps": None if hidden_irreps is None else str(hidden_irreps),
             "avg_num_neighbors": float(avg_num_neighbors), "readout": readout,
-            "radial_hidden": radial_hidden,
+            "radial_hidden": radial_hidden, "tensor_product_backend": tensor_product_backend,
         }  # fmt: skip
         self.num_channels = num_channels
         self.lmax = lmax
@@ -162,14 +186,16 @@ class EquivariantEncoder(nn.Module):
             self.irreps_sh, normalize=True, normalization="component"
         )
 
+        self.sh_dims = [2 * degree + 1 for degree in range(lmax + 1)]
         self.atom_embedding = nn.Embedding(max_atomic_number + 1, num_channels)
         self.radial_basis = RadialBasis(self.cutoff, num_basis)
         irreps = o3.Irreps(f"{num_channels}x0e")
         layers = []
         for _ in range(num_layers):
             layer = _Interaction(
-                irreps, self.irreps_sh, target, num_basis, radial_hidden, float(avg_num_neighbors)
-            )
+                irreps, self.irreps_sh, target, num_basis, radial_hidden,
+                float(avg_num_neighbors), tensor_product_backend,
+            )  # fmt: skip
             layers.append(layer)
             irreps = layer.irreps_out
         self.layers = nn.ModuleList(layers)
@@ -224,8 +250,9 @@ class EquivariantEncoder(nn.Module):
         edge_index: Tensor = batch[keys.EDGE_INDEX]
         vectors, distances = edge_vectors(batch[keys.POS], edge_index, cell, offsets, graph_index)
         centre, neighbour = edge_index[0], edge_index[1]
-        # [E, irreps_sh.dim]; vectors point from the centre i to the neighbour j.
-        sh = self.spherical_harmonics(vectors)
+        # [E, 2l+1] per degree l; vectors point from the centre i to the neighbour j.
+        # Split by degree once: torch.split's backward is one concatenation.
+        sh = torch.split(self.spherical_harmonics(vectors), self.sh_dims, dim=1)
         radial = self.radial_basis(distances)  # [E, num_basis], zero beyond the cutoff
         features = self.atom_embedding(batch[keys.ATOMIC_NUMBERS])  # [N, C] even scalars
         for layer in self.layers:
@@ -260,6 +287,7 @@ class _Interaction(nn.Module):
         num_basis: int,
         radial_hidden: int,
         avg_num_neighbors: float,
+        backend: TensorProductBackend = "e3nn",
     ) -> None:
         super().__init__()
         reachable = {ir_out for _, ir_in in irreps_in for _, ir_sh in irreps_sh
@@ -292,9 +320,8 @@ class _Interaction(nn.Module):
             shared_weights=False, internal_weights=False,
         )  # fmt: skip
         # No biases and silu(0) = 0: zero radial basis (beyond the cutoff) gives zero weights.
-        self.radial_mlp = FullyConnectedNet(
-            [num_basis, radial_hidden, radial_hidden, self.tensor_product.weight_numel],
-            nn.functional.silu,
+        self.radial_mlp = _RadialMLP(
+            [num_basis, radial_hidden, radial_hidden, self.tensor_product.weight_numel]
         )
         self.linear_out = o3.Linear(irreps_mid.simplify(), irreps_gate_in)
         self.self_interaction = o3.Linear(irreps_in, irreps_gate_in)
@@ -302,16 +329,162 @@ class _Interaction(nn.Module):
         self.residual = irreps_in == self.irreps_out
         self.message_scale = 1.0 / math.sqrt(avg_num_neighbors)
 
+        # The same products as self.tensor_product (kept for its weight layout and state-dict
+        # keys), computed path by path and summed onto the centres (see _EdgeTensorProduct).
+        self.edge_products: nn.Module = (
+            _EdgeTensorProduct(self.tensor_product)
+            if backend == "e3nn"
+            else CueEdgeTensorProduct(self.tensor_product)
+        )
+
     def forward(
-        self, features: Tensor, sh: Tensor, radial: Tensor, centre: Tensor, neighbour: Tensor
+        self,
+        features: Tensor,
+        sh: tuple[Tensor, ...],
+        radial: Tensor,
+        centre: Tensor,
+        neighbour: Tensor,
     ) -> Tensor:
         weights = self.radial_mlp(radial)  # [E, weight_numel]
-        source = self.linear_in(features)[neighbour]  # [E, irreps_in.dim]
-        messages = self.tensor_product(source, sh, weights)  # [E, irreps_mid.dim]
-        summed = messages.new_zeros(features.shape[0], messages.shape[1])
-        summed = summed.index_add(0, centre, messages) * self.message_scale  # [N, irreps_mid.dim]
-        update: Tensor = self.gate(self.linear_out(summed) + self.self_interaction(features))
+        source = self.linear_in(features)  # [N, irreps_in.dim]
+        summed: Tensor = self.edge_products(source, sh, weights, centre, neighbour)  # [N, mid]
+        update: Tensor = self.gate(
+            self.linear_out(summed * self.message_scale) + self.self_interaction(features)
+        )
         return features + update if self.residual else update
+
+
+class _EdgeTensorProduct(nn.Module):
+    r"""An e3nn ``"uvu"`` tensor product of gathered node features with edge harmonics, summed.
+
+    Computes ``zeros(N).index_add(0, centre, tp(x[neighbour], sh, weights))`` for the
+    :class:`e3nn.o3.TensorProduct` ``tp`` (first input ``x`` [N, irreps_in1.dim], second input
+    the spherical harmonics, one copy of each degree, per-edge weights, every instruction
+    ``"uvu"``) with the same numbers, but path by path: each input block is gathered once at
+    its own width; each path's product is a broadcast or a batched ``[U, l_1] x [l_1, l_3]``
+    product with the harmonics contracted into the Clebsch-Gordan block beforehand; and each
+    path is summed onto the centres by itself, so the edge-sized message tensor of ``tp`` and
+    the slices and concatenations of it (whose backward and double backward allocate and
+    zero-fill edge-sized tensors) do not exist. Inputs and weights are split with
+    :func:`torch.split`, whose backward is one concatenation.
+    """
+
+    def __init__(self, tp: o3.TensorProduct) -> None:
+        super().__init__()
+        irreps_in, irreps_sh, irreps_out = tp.irreps_in1, tp.irreps_in2, tp.irreps_out
+        assert all(mul == 1 for mul, _ in irreps_sh), "one copy of each harmonic"
+        self.in_dims = [mul_ir.dim for mul_ir in irreps_in]
+        self.in_ir_dims = [mul_ir.ir.dim for mul_ir in irreps_in]
+        self.sh_dims = [mul_ir.dim for mul_ir in irreps_sh]
+        self.weight_sizes: list[int] = []
+        # Per path: (input block, harmonic block, output block, U, l_1 dim, l_3 dim, coefficient).
+        self.paths: list[tuple[int, int, int, int, int, int, float]] = []
+        for index, ins in enumerate(tp.instructions):
+            assert ins.connection_mode == "uvu", ins
+            assert ins.has_weight, ins
+            (mul, ir_1), ir_2, ir_3 = (
+                irreps_in[ins.i_in1],
+                irreps_sh[ins.i_in2].ir,
+                irreps_out[ins.i_out].ir,
+            )
+            # path_weight times e3nn's Clebsch-Gordan block: [l_1 dim, l_2 dim, l_3 dim].
+            block = ins.path_weight * o3.wigner_3j(ir_1.l, ir_2.l, ir_3.l, dtype=torch.float64)
+            coefficient = 0.0
+            if ir_1.l == 0 or ir_2.l == 0:  # the block is a multiple of the identity
+                coefficient = float(block.flatten()[0])
+                identity = torch.eye(ir_3.dim, dtype=torch.float64).reshape(block.shape)
+                assert torch.allclose(block, coefficient * identity), (ins, block)
+            # [l_2 dim, l_1 dim * l_3 dim]: the harmonics of an edge times it give the edge's
+            # [l_1, l_3] map.
+            self.register_buffer(
+                f"block_{index}",
+                block.permute(1, 0, 2).reshape(ir_2.dim, ir_1.dim * ir_3.dim).contiguous(),
+                persistent=False,
+            )
+            self.weight_sizes.append(mul)
+            self.paths.append(
+                (ins.i_in1, ins.i_in2, ins.i_out, mul, ir_1.dim, ir_3.dim, coefficient)
+            )
+        self.out_dims = [mul_ir.dim for mul_ir in irreps_out]
+
+    def forward(
+        self,
+        x: Tensor,
+        sh: tuple[Tensor, ...],
+        weights: Tensor,
+        centre: Tensor,
+        neighbour: Tensor,
+    ) -> Tensor:
+        """Products summed onto centres: x [N, in.dim], sh per degree [E, 2l+1] -> [N, out.dim]."""
+        num_nodes, num_edges = x.shape[0], neighbour.shape[0]
+        sources = [
+            block.index_select(0, neighbour).view(num_edges, mul_dim // d, d)
+            for block, mul_dim, d in zip(
+                torch.split(x, self.in_dims, dim=1), self.in_dims, self.in_ir_dims, strict=True
+            )
+        ]  # [E, U, l_1 dim] per input block
+        path_weights = torch.split(weights, self.weight_sizes, dim=1)  # [E, U] per path
+        outputs: list[Tensor | None] = [None] * len(self.out_dims)
+        for index, (i_1, i_2, i_3, mul, dim_1, dim_3, coefficient) in enumerate(self.paths):
+            source, harmonic, weight = sources[i_1], sh[i_2], path_weights[index]
+            if dim_1 == 1:  # scalar input: w x_u Y(r) c
+                message = (source.view(num_edges, mul, 1) * weight.unsqueeze(2)) * (
+                    harmonic * coefficient
+                ).unsqueeze(1)
+            elif harmonic.shape[1] == 1:  # scalar harmonic: w x_u Y_0 c
+                message = source * (weight * (harmonic * coefficient)).unsqueeze(2)
+            else:
+                block: Tensor = getattr(self, f"block_{index}")
+                # Built in float64 (a float32 default would round the coefficients for good).
+                edge_map = (harmonic @ block.to(harmonic.dtype)).view(num_edges, dim_1, dim_3)
+                message = torch.bmm(source * weight.unsqueeze(2), edge_map)  # [E, U, l_3]
+            summed = message.new_zeros(num_nodes, mul * dim_3)
+            outputs[i_3] = summed.index_add(0, centre, message.view(num_edges, mul * dim_3))
+        return torch.cat([output for output in outputs if output is not None], dim=1)
+
+
+class _RadialMLP(nn.Module):
+    r"""The MLP of e3nn's ``FullyConnectedNet(sizes, silu)``, its constant factors folded in.
+
+    Same parameters (``layer{k}.weight`` [in, out], standard normal at initialisation) and the
+    same function: ``x @ (W / sqrt(in))`` between e3nn's second-moment-normalized SiLU
+    :math:`c\,\mathrm{silu}`, no biases, no activation after the last layer. The factors
+    :math:`c / \sqrt{\mathrm{in}}` multiply the small weight matrices instead of the [E, width]
+    activations, which saves two elementwise passes per hidden layer in the forward pass and
+    more in the backward and double-backward passes.
+    """
+
+    def __init__(self, sizes: list[int]) -> None:
+        super().__init__()
+        self.sizes = sizes
+        self.scales: list[float] = []
+        for index, (size_in, size_out) in enumerate(itertools.pairwise(sizes)):
+            holder = nn.Module()
+            holder.weight = nn.Parameter(torch.randn(size_in, size_out))
+            self.add_module(f"layer{index}", holder)
+            # The activation's factor c before every layer but the first.
+            factor = 1.0 if index == 0 else _silu_factor()
+            self.scales.append(factor / math.sqrt(size_in))
+        self.weight_numel = sizes[-1]
+
+    def forward(self, x: Tensor) -> Tensor:
+        """[E, sizes[0]] -> [E, sizes[-1]]."""
+        last = len(self.scales) - 1
+        for index, scale in enumerate(self.scales):
+            weight: Tensor = getattr(self, f"layer{index}").weight
+            x = x @ (weight * scale)
+            if index < last:
+                x = nn.functional.silu(x)
+        return x
+
+    def __repr__(self) -> str:
+        return f"_RadialMLP({self.sizes})"
+
+
+@functools.cache
+def _silu_factor() -> float:
+    """e3nn's second-moment normalization of SiLU (``normalize2mom(silu).cst``)."""
+    return float(normalize2mom(nn.functional.silu).cst)
 
 
 def _check_int(name: str, value: Any, low: int, high: int | None = None) -> None:

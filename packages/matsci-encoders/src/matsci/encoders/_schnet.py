@@ -49,7 +49,7 @@ class _ShiftedSoftplus(torch.autograd.Function):
 
 def _ssp(x: Tensor) -> Tensor:
     """Shifted softplus ``log(0.5 e^x + 0.5)``, zero at 0 (SchNet's activation)."""
-    if torch.jit.is_tracing():
+    if torch.jit.is_tracing():  # type: ignore[attr-defined,no-untyped-call]  # public, untyped
         # TorchScript cannot hold a Python autograd Function (the metatomic export traces).
         return F.softplus(x) - math.log(2.0)
     return cast(Tensor, _ShiftedSoftplus.apply(x))
