@@ -121,6 +121,9 @@ def _import_attribute(module_name: str, attribute: str) -> Any:
 def to_plain(value: Any, *, argument: str) -> Any:
     """Convert tensors, tuples and mappings into plain lists, dicts and numbers.
 
+    Objects with an ``as_dict()`` method (jsonargparse's ``Namespace``, which the ``matsci``
+    command gives for nested dicts of a YAML file) count as mappings.
+
     Parameters
     ----------
     value
@@ -146,6 +149,10 @@ def to_plain(value: Any, *, argument: str) -> Any:
         return [to_plain(item, argument=argument) for item in value]
     if isinstance(value, Mapping):
         return {str(k): to_plain(v, argument=argument) for k, v in value.items()}
+    as_dict = getattr(value, "as_dict", None)
+    if callable(as_dict):
+        # A config namespace (jsonargparse's, for nested dicts of a YAML file) is a mapping.
+        return to_plain(as_dict(), argument=argument)
     raise ValueError(
         f"{argument}: {type(value).__name__} is not plain data; give numbers, strings, lists "
         "or dicts so the checkpoint can be loaded with weights_only=True"

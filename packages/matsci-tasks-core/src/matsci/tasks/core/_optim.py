@@ -84,7 +84,7 @@ def check_scheduler_kwargs(scheduler_kwargs: Mapping[str, Any] | None) -> dict[s
         init_args["schedulers"] = [
             {
                 "class_path": _scheduler_path(inner["class_path"]),
-                "init_args": inner.get("init_args", {}),
+                "init_args": _inner_init_args(inner),
             }
             for inner in init_args["schedulers"]
         ]
@@ -99,6 +99,19 @@ def check_scheduler_kwargs(scheduler_kwargs: Mapping[str, Any] | None) -> dict[s
     if plateau and "monitor" not in config:
         raise ValueError("scheduler_kwargs: ReduceLROnPlateau needs 'monitor', e.g. 'val/loss'")
     return config
+
+
+def _inner_init_args(inner: Mapping[str, Any]) -> dict[str, Any]:
+    """An inner scheduler's arguments without ``optimizer``, which the task supplies.
+
+    A config parser that knows the class fills its defaults in, ``optimizer: None`` among them.
+    """
+    init_args = dict(inner.get("init_args") or {})
+    if init_args.pop("optimizer", None) is not None:
+        raise ValueError(
+            "scheduler_kwargs: an inner scheduler's 'optimizer' is the task's own; leave it out"
+        )
+    return init_args
 
 
 def _scheduler_path(path: str) -> str:
