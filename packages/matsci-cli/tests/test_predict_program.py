@@ -9,6 +9,7 @@ from pathlib import Path
 import ase.db
 import ase.io
 import pytest
+import torch
 from ase.build import bulk
 
 from matsci.cli import main
@@ -21,6 +22,15 @@ def program(fitted: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("program") / "model.pt2"
     checkpoint = fitted / "checkpoints" / "best.ckpt"
     main(["export", str(checkpoint), "--format", "torch-export", "-o", str(path)])
+    return path
+
+
+@pytest.fixture(scope="module")
+def metatomic_model(fitted: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same checkpoint exported as a float32 metatomic model."""
+    path = tmp_path_factory.mktemp("metatomic") / "model.pt"
+    checkpoint = fitted / "checkpoints" / "best.ckpt"
+    main(["export", str(checkpoint), "--format", "metatomic", "-o", str(path)])
     return path
 
 
@@ -39,15 +49,17 @@ def _table(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(file))
 
 
+@pytest.mark.parametrize("exported", ["program", "metatomic_model"])
 def test_an_exported_model_predicts_the_checkpoints_table(
-    fitted: Path, program: Path, structures: Path, tmp_path: Path
+    fitted: Path, exported: str, structures: Path, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
+    model: Path = request.getfixturevalue(exported)
     checkpoint = fitted / "checkpoints" / "best.ckpt"
     main(["predict", "--ckpt_path", str(checkpoint), "--data", str(structures),
           "--output", str(tmp_path / "checkpoint.csv")])  # fmt: skip
-    main(["predict", "--ckpt_path", str(program), "--data", str(structures),
-          "--output", str(tmp_path / "program.csv")])  # fmt: skip
-    expected, found = _table(tmp_path / "checkpoint.csv"), _table(tmp_path / "program.csv")
+    main(["predict", "--ckpt_path", str(model), "--data", str(structures),
+          "--output", str(tmp_path / "exported.csv")])  # fmt: skip
+    expected, found = _table(tmp_path / "checkpoint.csv"), _table(tmp_path / "exported.csv")
     assert len(found) == 6
     assert list(found[0]) == list(expected[0])  # the same columns, in the same order
     assert "stress_xy" in found[0]
@@ -60,13 +72,15 @@ def test_an_exported_model_predicts_the_checkpoints_table(
                 assert float(got[column]) == pytest.approx(float(value), rel=1e-4, abs=1e-5)
 
 
+@pytest.mark.parametrize("exported", ["program", "metatomic_model"])
 def test_an_exported_model_predicts_without_lightning_or_pyg(
-    program: Path, structures: Path, tmp_path: Path
+    exported: str, structures: Path, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
+    model: Path = request.getfixturevalue(exported)
     output = tmp_path / "p.db"
     code = (
         "import sys; from matsci.cli import main; "
-        f"main(['predict', '--ckpt_path', {str(program)!r}, '--data', {str(structures)!r}, "
+        f"main(['predict', '--ckpt_path', {str(model)!r}, '--data', {str(structures)!r}, "
         f"'--output', {str(output)!r}]); "
         "print(sorted(m for m in ('lightning', 'torch_geometric', 'matsci.tasks.core') "
         "if m in sys.modules))"
@@ -90,6 +104,8 @@ def test_exported_model_errors_are_one_line(
     ase.io.write(cif, bulk("Cu", "fcc", a=3.6))
     foreign = tmp_path / "foreign.pt2"
     foreign.write_bytes(b"not a program")
+    torchscript = tmp_path / "other.pt"
+    torch.jit.save(torch.jit.script(torch.nn.Identity()), torchscript)
     for args, message in [
         (["--data", str(silicon)], "Si"),
         (["--data", str(cif)], "an exported model reads an ASE database"),
@@ -103,11 +119,15 @@ def test_exported_model_errors_are_one_line(
         err = capsys.readouterr().err
         assert message in err
         assert "Traceback" not in err
-    with pytest.raises(SystemExit):
-        main(["predict", "--ckpt_path", str(foreign), "--data", str(structures)])
-    err = capsys.readouterr().err
-    assert "not a model exported by `matsci export --format torch-export`" in err
-    assert "Traceback" not in err
+    for model, message in [
+        (foreign, "not a model exported by `matsci export`"),
+        (torchscript, "does not contain a metatomic model"),
+    ]:
+        with pytest.raises(SystemExit):
+            main(["predict", "--ckpt_path", str(model), "--data", str(structures)])
+        err = capsys.readouterr().err
+        assert message in err
+        assert "Traceback" not in err
     assert json.dumps(sorted(p.name for p in tmp_path.iterdir())) == json.dumps(
-        sorted(["si.extxyz", "cu.cif", "foreign.pt2"])
+        sorted(["si.extxyz", "cu.cif", "foreign.pt2", "other.pt"])
     )

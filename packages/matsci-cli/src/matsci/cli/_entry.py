@@ -20,7 +20,7 @@ Train, test and use matsci tasks from YAML configuration files.
   matsci validate --config CONFIG --ckpt_path CKPT    validate a checkpoint
   matsci predict --ckpt_path CKPT --data FILE [--output OUT.csv|OUT.db]
                                                       predict for every structure of a file
-                                                      (CKPT may be an exported MODEL.pt2)
+                                                      (CKPT may be an exported .pt2 or .pt)
   matsci export CKPT --format metatomic -o MODEL.pt   a standalone model for simulators
   matsci fit --config CONFIG --print_config           the complete config, to save and re-run
 
@@ -79,7 +79,7 @@ def _exported_model(args: Sequence[str]) -> bool:
         if arg.startswith("--ckpt_path="):
             value = arg.split("=", 1)[1]
         if value is not None:
-            return value.endswith(".pt2")
+            return value.endswith((".pt2", ".pt"))  # matsci export's two formats
     return False
 
 

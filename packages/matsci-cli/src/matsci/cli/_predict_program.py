@@ -1,11 +1,12 @@
 # mypy: untyped-calls-exclude=ase
 """``matsci predict`` with an exported model: torch, ASE and NumPy only, started in seconds.
 
-A ``.pt2`` file of ``matsci export --format torch-export`` holds the whole model (weights,
-cutoff, known elements), so predicting with it needs neither the checkpoint's task classes nor
-Lightning nor PyTorch Geometric. The command's entry point routes ``matsci predict --ckpt_path
-MODEL.pt2`` here before importing any of them; the table has the columns of a checkpoint's
-predictions (``energy``, ``force_max_norm``, ``stress_xx`` ... in the same units and signs).
+A ``.pt2`` file of ``matsci export --format torch-export`` or a ``.pt`` file of ``--format
+metatomic`` holds the whole model (weights, cutoff, known elements), so predicting with it needs
+neither the checkpoint's task classes nor Lightning nor PyTorch Geometric. The command's entry
+point routes ``matsci predict --ckpt_path MODEL.pt2|MODEL.pt`` here before importing any of
+them; the table has the columns of a checkpoint's predictions (``energy``, ``force_max_norm``,
+``stress_xx`` ... in the same units and signs).
 """
 
 from __future__ import annotations
@@ -33,10 +34,13 @@ from matsci.cli._prediction_table import (
     write_db,
 )
 
-__all__ = ["PROGRAM_SUFFIX", "predict_program_main", "predict_program_to_file"]
+__all__ = ["EXPORTED_SUFFIXES", "predict_program_main", "predict_program_to_file"]
 
-PROGRAM_SUFFIX: Final = ".pt2"
-"""The suffix of an exported ``torch.export`` program, which ``matsci predict`` runs directly."""
+_PROGRAM_SUFFIX: Final = ".pt2"
+_METATOMIC_SUFFIX: Final = ".pt"
+EXPORTED_SUFFIXES: Final = (_PROGRAM_SUFFIX, _METATOMIC_SUFFIX)
+"""Suffixes of exported models (``torch.export`` program, metatomic model) that ``matsci
+predict`` runs without the training stack."""
 
 _JSON_SUFFIXES: Final = (".json",)
 _OWNER: Final = "matsci predict"
@@ -57,9 +61,9 @@ def predict_program_main(args: Sequence[str]) -> None:
     """
     parser = argparse.ArgumentParser(
         prog="matsci predict",
-        description="Predict with a model exported by `matsci export --format torch-export`.",
+        description="Predict with a model exported by `matsci export` (.pt2 or metatomic .pt).",
     )
-    parser.add_argument("--ckpt_path", required=True, help="The exported .pt2 file.")
+    parser.add_argument("--ckpt_path", required=True, help="The exported .pt2 or .pt file.")
     parser.add_argument(
         "--data", required=True, help="An ASE database, an extxyz file or a bundled:NAME file."
     )
@@ -84,7 +88,8 @@ def predict_program_to_file(
     Parameters
     ----------
     program
-        A ``.pt2`` file of ``matsci export --format torch-export``.
+        A ``.pt2`` file of ``matsci export --format torch-export``, or a ``.pt`` file of
+        ``--format metatomic`` (run by metatomic-ase; energy models).
     data
         An ASE database (``.db``, ``.json``) or an extxyz file (``.xyz``, ``.extxyz``).
     output
@@ -101,34 +106,53 @@ def predict_program_to_file(
         On another kind of input or output, an output that is the input, a file that is not an
         exported matsci model, or a structure with an element the model never saw.
     ImportError
-        Without ``matsci-ase`` (installed with ``matsci-cli[export]``).
+        Without ``matsci-ase`` or ``metatomic-ase`` (installed with ``matsci-cli[export]``).
     """
     data_path, output_path = Path(data), Path(output)
     if output_path.suffix not in CSV_SUFFIXES + DB_SUFFIXES:
         raise ValueError(f"{_OWNER} --output {str(output_path)!r}: expected a .csv or .db file")
     if output_path.exists() and output_path.resolve() == data_path.resolve():
         raise ValueError(f"{_OWNER} --output {str(output_path)!r} is the input file")
-    try:
-        from matsci.ase import ProgramCalculator
-    except ImportError as error:
-        raise ImportError(
-            f"{_OWNER}: an exported model runs through matsci-ase; install matsci-cli[export]"
-        ) from error
-    if not Path(program).is_file():
-        raise ValueError(f"{_OWNER} --ckpt_path {os.fspath(program)!r}: no such file")
-    # A program is a zip archive; anything else would end in torch's own traceback.
-    if not zipfile.is_zipfile(program):
-        raise ValueError(
-            f"{_OWNER} --ckpt_path {os.fspath(program)!r}: not a model exported by `matsci "
-            "export --format torch-export` (not a .pt2 archive)"
-        )
-    calculator = ProgramCalculator(program)
-    rows = [_row(identifier, atoms, calculator) for identifier, atoms in _structures(data_path)]
+    calculator, conservative = _calculator(Path(program))
+    rows = [
+        _row(identifier, atoms, calculator, conservative)
+        for identifier, atoms in _structures(data_path)
+    ]
     if output_path.suffix in CSV_SUFFIXES:
         write_csv(rows, output_path)
     else:
         write_db(rows, data_path, output_path)
     return len(rows)
+
+
+def _calculator(path: Path) -> tuple[Any, bool]:
+    """The ASE calculator of an exported model, and whether it gives energies (and stress)."""
+    if not path.is_file():
+        raise ValueError(f"{_OWNER} --ckpt_path {str(path)!r}: no such file")
+    # Both formats are zip archives; anything else would end in torch's own traceback.
+    if path.suffix not in EXPORTED_SUFFIXES or not zipfile.is_zipfile(path):
+        raise ValueError(
+            f"{_OWNER} --ckpt_path {str(path)!r}: not a model exported by `matsci export` (a "
+            ".pt2 archive of --format torch-export or a .pt file of --format metatomic)"
+        )
+    try:
+        if path.suffix == _PROGRAM_SUFFIX:
+            from matsci.ase import ProgramCalculator
+
+            program = ProgramCalculator(path)
+            return program, program.conservative
+        from metatomic_ase import MetatomicCalculator  # type: ignore[import-untyped]
+    except ImportError as error:
+        raise ImportError(
+            f"{_OWNER}: exported models run through matsci-ase and metatomic-ase; install "
+            "matsci-cli[export]"
+        ) from error
+    try:
+        return MetatomicCalculator(path, device="cpu"), True
+    except RuntimeError as error:  # TorchScript's refusal of a file that is no model
+        raise ValueError(
+            f"{_OWNER} --ckpt_path {str(path)!r}: not a metatomic model ({error})"
+        ) from error
 
 
 def _structures(path: Path) -> Iterator[tuple[int, Atoms]]:
@@ -150,7 +174,7 @@ def _structures(path: Path) -> Iterator[tuple[int, Atoms]]:
     )
 
 
-def _row(identifier: int, atoms: Atoms, calculator: Any) -> dict[str, Any]:
+def _row(identifier: int, atoms: Atoms, calculator: Any, conservative: bool) -> dict[str, Any]:
     """One structure's row: the checkpoint's keys, units and stress sign (ASE's)."""
     atoms.calc = calculator
     row: dict[str, Any] = {
@@ -159,9 +183,9 @@ def _row(identifier: int, atoms: Atoms, calculator: Any) -> dict[str, Any]:
         "natoms": len(atoms),
         PER_ATOM: {"force"},
     }
-    if calculator.conservative:
+    if conservative:
         row["energy"] = np.asarray(atoms.get_potential_energy())
     row["force"] = np.asarray(atoms.get_forces())
-    if calculator.conservative and bool(atoms.pbc.all()):
+    if conservative and bool(atoms.pbc.all()):
         row["stress"] = voigt_6_to_full_3x3_stress(atoms.get_stress())
     return row
