@@ -11,7 +11,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, List, Optional  # noqa: UP035 (TorchScript)
+from typing import Any, Dict, List, Optional, Tuple  # noqa: UP035 (TorchScript)
 
 import torch
 from torch import Tensor, nn
@@ -68,6 +68,47 @@ else:
     _MISSING = None
 
 
+def _flatten_systems(
+    systems: List[System],  # noqa: UP006
+    options: NeighborListOptions,
+) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:  # noqa: UP006
+    """All systems as one graph (scripted with the ``forward`` that calls it).
+
+    Edge vectors [E, 3], atomic numbers [N], edges [2, E], and each atom's system and index
+    within it [N].
+    """
+    device = systems[0].positions.device
+    vectors: List[Tensor] = []  # noqa: UP006
+    numbers: List[Tensor] = []  # noqa: UP006
+    pairs: List[Tensor] = []  # noqa: UP006
+    system_index: List[Tensor] = []  # noqa: UP006
+    atom_index: List[Tensor] = []  # noqa: UP006
+    start = 0
+    for i, system in enumerate(systems):
+        neighbors = system.get_neighbor_list(options)
+        samples = neighbors.samples.values  # [E, 5]: first, second, shift a, b, c
+        vectors.append(neighbors.values.reshape(-1, 3))
+        pairs.append(samples[:, :2].T.to(torch.long) + start)
+        count = system.types.shape[0]
+        numbers.append(system.types.to(torch.long))
+        system_index.append(torch.full((count,), i, dtype=torch.long, device=device))
+        atom_index.append(torch.arange(count, dtype=torch.long, device=device))
+        start += count
+    return (torch.cat(vectors), torch.cat(numbers), torch.cat(pairs, dim=1),
+            torch.cat(system_index), torch.cat(atom_index))  # fmt: skip
+
+
+def _selected(selected_atoms: Labels, structure: Tensor, num_systems: int) -> Tensor:
+    """Boolean mask [N] of the atoms that ``selected_atoms`` (rows: system, atom) names."""
+    device = structure.device
+    wanted = torch.zeros(structure.shape[0], dtype=torch.bool, device=device)
+    chosen = selected_atoms.values.to(torch.long)  # [M, 2]: system, atom
+    first = torch.zeros(num_systems + 1, dtype=torch.long, device=device)
+    first[1:] = torch.bincount(structure, minlength=num_systems).cumsum(0)
+    wanted[first[chosen[:, 0]] + chosen[:, 1]] = True
+    return wanted
+
+
 class _MetatomicForceField(nn.Module):
     """The module that metatomic runs: systems in, ``energy`` TensorMap out."""
 
@@ -89,33 +130,10 @@ class _MetatomicForceField(nn.Module):
         if "energy" not in outputs:
             return results
         device = systems[0].positions.device
-        vectors: List[Tensor] = []  # noqa: UP006
-        numbers: List[Tensor] = []  # noqa: UP006
-        pairs: List[Tensor] = []  # noqa: UP006
-        system_index: List[Tensor] = []  # noqa: UP006
-        atom_index: List[Tensor] = []  # noqa: UP006
-        start = 0
-        for i, system in enumerate(systems):
-            neighbors = system.get_neighbor_list(self.neighbors)
-            samples = neighbors.samples.values  # [E, 5]: first, second, shift a, b, c
-            vectors.append(neighbors.values.reshape(-1, 3))
-            pairs.append(samples[:, :2].T.to(torch.long) + start)
-            count = system.types.shape[0]
-            numbers.append(system.types.to(torch.long))
-            system_index.append(torch.full((count,), i, dtype=torch.long, device=device))
-            atom_index.append(torch.arange(count, dtype=torch.long, device=device))
-            start += count
-        atoms = self.atom_energies(
-            torch.cat(vectors), torch.cat(numbers), torch.cat(pairs, dim=1)
-        )  # [N]
-        structure = torch.cat(system_index)  # [N]
-        atom = torch.cat(atom_index)  # [N]
+        vectors, numbers, pairs, structure, atom = _flatten_systems(systems, self.neighbors)
+        atoms = self.atom_energies(vectors, numbers, pairs)  # [N]
         if selected_atoms is not None:
-            wanted = torch.zeros(atoms.shape[0], dtype=torch.bool, device=device)
-            chosen = selected_atoms.values.to(torch.long)  # [M, 2]: system, atom
-            first = torch.zeros(len(systems) + 1, dtype=torch.long, device=device)
-            first[1:] = torch.bincount(structure, minlength=len(systems)).cumsum(0)
-            wanted[first[chosen[:, 0]] + chosen[:, 1]] = True
+            wanted = _selected(selected_atoms, structure, len(systems))
             atoms, structure, atom = atoms[wanted], structure[wanted], atom[wanted]
         properties = Labels(["energy"], torch.zeros((1, 1), dtype=torch.int32, device=device))
         if outputs["energy"].sample_kind == "atom":
@@ -161,33 +179,10 @@ class _MetatomicDirectForces(nn.Module):
         if "non_conservative_force" not in outputs:
             return results
         device = systems[0].positions.device
-        vectors: List[Tensor] = []  # noqa: UP006
-        numbers: List[Tensor] = []  # noqa: UP006
-        pairs: List[Tensor] = []  # noqa: UP006
-        system_index: List[Tensor] = []  # noqa: UP006
-        atom_index: List[Tensor] = []  # noqa: UP006
-        start = 0
-        for i, system in enumerate(systems):
-            neighbors = system.get_neighbor_list(self.neighbors)
-            samples = neighbors.samples.values  # [E, 5]: first, second, shift a, b, c
-            vectors.append(neighbors.values.reshape(-1, 3))
-            pairs.append(samples[:, :2].T.to(torch.long) + start)
-            count = system.types.shape[0]
-            numbers.append(system.types.to(torch.long))
-            system_index.append(torch.full((count,), i, dtype=torch.long, device=device))
-            atom_index.append(torch.arange(count, dtype=torch.long, device=device))
-            start += count
-        forces = self.atom_forces(
-            torch.cat(vectors), torch.cat(numbers), torch.cat(pairs, dim=1)
-        )  # [N, 3]
-        structure = torch.cat(system_index)  # [N]
-        atom = torch.cat(atom_index)  # [N]
+        vectors, numbers, pairs, structure, atom = _flatten_systems(systems, self.neighbors)
+        forces = self.atom_forces(vectors, numbers, pairs)  # [N, 3]
         if selected_atoms is not None:
-            wanted = torch.zeros(forces.shape[0], dtype=torch.bool, device=device)
-            chosen = selected_atoms.values.to(torch.long)  # [M, 2]: system, atom
-            first = torch.zeros(len(systems) + 1, dtype=torch.long, device=device)
-            first[1:] = torch.bincount(structure, minlength=len(systems)).cumsum(0)
-            wanted[first[chosen[:, 0]] + chosen[:, 1]] = True
+            wanted = _selected(selected_atoms, structure, len(systems))
             forces, structure, atom = forces[wanted], structure[wanted], atom[wanted]
         block = TensorBlock(
             values=forces.unsqueeze(-1),  # [N, 3, 1]
