@@ -90,9 +90,10 @@ def baseline_metrics(
     For each task and key, a constant predictor is fitted on the training batches (see
     :func:`baseline_kind`: the mean of the training targets, zero, or the majority class),
     then scored on the test batches with the task's own metrics (:meth:`build_metrics`, fed
-    like the model's: :meth:`get_target` against a prediction of the same form), so every number compares directly with the model's logged metric of
-    the same name: ``<stage>/<key>/<metric>`` for a task, ``<stage>/<dataset>/<task>/<key>/
-    <metric>`` in multi-task training. Missing (NaN) targets are left out, as in training.
+    like the model's: :meth:`get_target` against a prediction of the same form), so every
+    number compares directly with the model's logged metric of the same name:
+    ``<stage>/<key>/<metric>`` for a task, ``<stage>/<dataset>/<task>/<key>/<metric>`` in
+    multi-task training. Missing (NaN) targets are left out, as in training.
     A metric that is undefined for a constant prediction (the cosine similarity of a zero
     vector) is left out of the result, as are keys without a baseline.
 
