@@ -16,22 +16,24 @@ from matsci.cli import main
 from matsci.data.examples import bundled_dataset_path
 
 
+def export(fitted: Path, folder: Path, export_format: str, name: str) -> Path:
+    """The tiny fit's best checkpoint exported by ``matsci export`` into ``folder / name``."""
+    path = folder / name
+    checkpoint = fitted / "checkpoints" / "best.ckpt"
+    main(["export", str(checkpoint), "--format", export_format, "-o", str(path)])
+    return path
+
+
 @pytest.fixture(scope="module")
 def program(fitted: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny fit's best checkpoint exported as a float32 torch.export program."""
-    path = tmp_path_factory.mktemp("program") / "model.pt2"
-    checkpoint = fitted / "checkpoints" / "best.ckpt"
-    main(["export", str(checkpoint), "--format", "torch-export", "-o", str(path)])
-    return path
+    return export(fitted, tmp_path_factory.mktemp("program"), "torch-export", "model.pt2")
 
 
 @pytest.fixture(scope="module")
 def metatomic_model(fitted: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The same checkpoint exported as a float32 metatomic model."""
-    path = tmp_path_factory.mktemp("metatomic") / "model.pt"
-    checkpoint = fitted / "checkpoints" / "best.ckpt"
-    main(["export", str(checkpoint), "--format", "metatomic", "-o", str(path)])
-    return path
+    return export(fitted, tmp_path_factory.mktemp("metatomic"), "metatomic", "model.pt")
 
 
 @pytest.fixture(scope="module")

@@ -19,13 +19,11 @@ from torch_geometric.transforms import BaseTransform, Compose
 from matsci.cli._errors import ConfigError, ShortErrorParser
 from matsci.cli._paths import resolve_bundled
 from matsci.cli._prediction_table import (
-    CSV_SUFFIXES,
-    DB_SUFFIXES,
     PER_ATOM,
     SOURCE,
+    check_output,
     formula,
-    write_csv,
-    write_db,
+    write_predictions,
 )
 from matsci.cli._run_info import CHECKPOINT_KEY
 from matsci.contract import keys
@@ -156,22 +154,14 @@ def predict_to_file(
         :class:`~matsci.tasks.physics.KnownElements`).
     """
     data_path, output_path = Path(data), Path(output)
-    if output_path.suffix not in CSV_SUFFIXES + DB_SUFFIXES:
-        raise ConfigError(
-            f"predict --output {str(output_path)!r}: expected a .csv or .db file name"
-        )
-    if output_path.exists() and output_path.resolve() == data_path.resolve():
-        raise ConfigError(f"predict --output {str(output_path)!r} is the input file")
+    check_output(data_path, output_path, owner="predict", error=ConfigError)
     loaded, transform = load_for_prediction(ckpt_path, dataset=dataset)
     structures = _dataset(data_path, transform)
     loaded.module.to(torch.device(device)).eval()
     predict, levels = _predictor(loaded, dataset)
     known = _known_elements(loaded, dataset)
     rows = list(_predict_rows(predict, levels, structures, batch_size, torch.device(device), known))
-    if output_path.suffix in CSV_SUFFIXES:
-        write_csv(rows, output_path)
-    else:
-        write_db(rows, data_path, output_path)
+    write_predictions(rows, data_path, output_path)
     return len(rows)
 
 

@@ -25,13 +25,12 @@ from ase import Atoms
 from ase.stress import voigt_6_to_full_3x3_stress
 
 from matsci.cli._prediction_table import (
-    CSV_SUFFIXES,
     DB_SUFFIXES,
     PER_ATOM,
     XYZ_SUFFIXES,
+    check_output,
     formula,
-    write_csv,
-    write_db,
+    write_predictions,
 )
 
 __all__ = ["EXPORTED_SUFFIXES", "predict_program_main", "predict_program_to_file"]
@@ -109,19 +108,13 @@ def predict_program_to_file(
         Without ``matsci-ase`` or ``metatomic-ase`` (installed with ``matsci-cli[export]``).
     """
     data_path, output_path = Path(data), Path(output)
-    if output_path.suffix not in CSV_SUFFIXES + DB_SUFFIXES:
-        raise ValueError(f"{_OWNER} --output {str(output_path)!r}: expected a .csv or .db file")
-    if output_path.exists() and output_path.resolve() == data_path.resolve():
-        raise ValueError(f"{_OWNER} --output {str(output_path)!r} is the input file")
+    check_output(data_path, output_path, owner=_OWNER)
     calculator, conservative = _calculator(Path(program))
     rows = [
         _row(identifier, atoms, calculator, conservative)
         for identifier, atoms in _structures(data_path)
     ]
-    if output_path.suffix in CSV_SUFFIXES:
-        write_csv(rows, output_path)
-    else:
-        write_db(rows, data_path, output_path)
+    write_predictions(rows, data_path, output_path)
     return len(rows)
 
 

@@ -27,9 +27,11 @@ __all__ = [
     "PER_ATOM",
     "SOURCE",
     "XYZ_SUFFIXES",
+    "check_output",
     "formula",
     "write_csv",
     "write_db",
+    "write_predictions",
 ]
 
 DB_SUFFIXES: Final = (".db",)
@@ -51,6 +53,42 @@ def formula(numbers: np.ndarray[Any, Any]) -> str:
     """The chemical formula of atomic numbers (ASE's Hill-like order, e.g. ``Cu3Au``)."""
     text: str = Atoms(numbers=numbers).get_chemical_formula()
     return text
+
+
+def check_output(
+    data: Path, output: Path, *, owner: str, error: type[Exception] = ValueError
+) -> None:
+    """Refuse an output ``matsci predict`` cannot write: another suffix, or the input itself.
+
+    Parameters
+    ----------
+    data
+        The input file (or folder) of structures.
+    output
+        The file to write: a ``.csv`` or ``.db`` name.
+    owner
+        The command named in the messages (``"matsci predict"``).
+    error
+        The exception class to raise (the checkpoint path's ``ConfigError``, which this
+        module cannot import without Lightning).
+
+    Raises
+    ------
+    Exception
+        ``error``, naming ``--output``, if its suffix is neither ``.csv`` nor ``.db`` or it
+        is the same file as ``data``.
+
+    Examples
+    --------
+    >>> check_output(Path("in.db"), Path("out.txt"), owner="matsci predict")
+    Traceback (most recent call last):
+    ...
+    ValueError: matsci predict --output 'out.txt': expected a .csv or .db file name
+    """
+    if output.suffix not in CSV_SUFFIXES + DB_SUFFIXES:
+        raise error(f"{owner} --output {str(output)!r}: expected a .csv or .db file name")
+    if output.exists() and output.resolve() == data.resolve():
+        raise error(f"{owner} --output {str(output)!r} is the input file")
 
 
 def _csv_columns(key: str, value: np.ndarray[Any, Any], per_atom: bool) -> dict[str, Any]:
@@ -113,6 +151,24 @@ def write_db(rows: list[dict[str, Any]], data: Path, output: Path) -> None:
             if SOURCE in row:
                 origin[SOURCE] = row[SOURCE]
             database.write(atoms, data=arrays, **origin, **numbers)
+
+
+def write_predictions(rows: list[dict[str, Any]], data: Path, output: Path) -> None:
+    """Write the rows as :func:`check_output` allows: a CSV table or a ``.db`` database.
+
+    Parameters
+    ----------
+    rows
+        One dict per structure, in the order of ``data``.
+    data
+        The input the rows were predicted from (a ``.db`` output copies an SQLite input).
+    output
+        A ``.csv`` file (:func:`write_csv`), else a ``.db`` file (:func:`write_db`).
+    """
+    if output.suffix in CSV_SUFFIXES:
+        write_csv(rows, output)
+    else:
+        write_db(rows, data, output)
 
 
 def _db_values(row: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import importlib
+import itertools
 from typing import Any
 
 import torch
 from e3nn import o3
 from torch import Tensor, nn
+
+from matsci.encoders._equivariant import edge_paths
 
 EXTRA_HINT = "pip install 'matsci-encoders[cuequivariance]'"
 
@@ -77,12 +80,13 @@ class CueEdgeTensorProduct(nn.Module):
         ((_, stp),) = descriptor.polynomial.operations
         cue_out = descriptor.outputs[0].irreps
         assert str(cue_out) == str(self.product.irreps_out), (cue_out, self.product.irreps_out)
-        # e3nn's instructions by (input block, harmonic block, output irrep).
-        offsets, by_key = [0], {}
-        for index, ins in enumerate(tp.instructions):
-            ir_out = irreps_mid[ins.i_out].ir
-            by_key[(ins.i_in1, ins.i_in2, ir_out.l, ir_out.p)] = index
-            offsets.append(offsets[-1] + ins.path_shape[0])
+        # e3nn's paths by (input block, harmonic block, output irrep), and their weight offsets.
+        e3nn_paths = edge_paths(tp)
+        by_key = {
+            (ref.i_in, ref.i_sh, ref.ir_out.l, ref.ir_out.p): index
+            for index, ref in enumerate(e3nn_paths)
+        }
+        offsets = [0, *itertools.accumulate(ref.mul for ref in e3nn_paths)]
         cue_offsets = [0]
         for mul_ir in cue_out:
             cue_offsets.append(cue_offsets[-1] + mul_ir.mul * mul_ir.ir.dim)
@@ -91,24 +95,21 @@ class CueEdgeTensorProduct(nn.Module):
         # The e3nn output block (i_out) -> the columns of cuEquivariance's output block.
         columns: dict[int, list[int]] = {}
         paths = sorted(stp.paths, key=lambda path: path.indices[0])  # by weight segment
-        if len(paths) != len(tp.instructions):
-            raise AssertionError(f"{len(paths)} cuEquivariance paths, {len(tp.instructions)} e3nn")
+        if len(paths) != len(e3nn_paths):
+            raise AssertionError(f"{len(paths)} cuEquivariance paths, {len(e3nn_paths)} e3nn")
         for path in paths:
             _, i_in, i_sh, i_out = path.indices
             ir_out = cue_out[i_out].ir
             index = by_key[(i_in, i_sh, ir_out.l, ir_out.p)]
-            ins = tp.instructions[index]
-            ir_1, ir_2 = irreps_in[ins.i_in1].ir, irreps_sh[ins.i_in2].ir
-            cg = o3.wigner_3j(ir_1.l, ir_2.l, ir_out.l, dtype=torch.float64)
-            e3nn_block = ins.path_weight * cg
+            ref = e3nn_paths[index]  # the e3nn path it computes
             cue_block = torch.as_tensor(path.coefficients, dtype=torch.float64)
-            cue_block = cue_block.reshape(e3nn_block.shape)
-            ratio = float((cue_block * e3nn_block).sum() / (e3nn_block**2).sum())
-            if not torch.allclose(cue_block, ratio * e3nn_block, atol=1e-6):
+            cue_block = cue_block.reshape(ref.block.shape)
+            ratio = float((cue_block * ref.block).sum() / (ref.block**2).sum())
+            if not torch.allclose(cue_block, ratio * ref.block, atol=1e-6):
                 raise AssertionError(f"cuEquivariance path {path.indices} differs from e3nn")
             weight_index += range(offsets[index], offsets[index + 1])
-            weight_scale += [1.0 / ratio] * ins.path_shape[0]
-            columns[ins.i_out] = list(range(cue_offsets[i_out], cue_offsets[i_out + 1]))
+            weight_scale += [1.0 / ratio] * ref.mul
+            columns[ref.i_out] = list(range(cue_offsets[i_out], cue_offsets[i_out + 1]))
         self.register_buffer("weight_index", torch.tensor(weight_index), persistent=False)
         self.register_buffer(
             "weight_scale",

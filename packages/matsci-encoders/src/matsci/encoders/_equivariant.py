@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import torch
 from e3nn import o3
@@ -16,7 +16,6 @@ from torch_geometric.data import Batch
 from torch_geometric.utils import scatter
 
 from matsci.contract import Embeddings, keys
-from matsci.encoders._cuequivariance import CueEdgeTensorProduct
 from matsci.encoders._radial import RadialBasis
 from matsci.transforms import edge_vectors
 
@@ -331,11 +330,13 @@ class _Interaction(nn.Module):
 
         # The same products as self.tensor_product (kept for its weight layout and state-dict
         # keys), computed path by path and summed onto the centres (see _EdgeTensorProduct).
-        self.edge_products: nn.Module = (
-            _EdgeTensorProduct(self.tensor_product)
-            if backend == "e3nn"
-            else CueEdgeTensorProduct(self.tensor_product)
-        )
+        self.edge_products: nn.Module
+        if backend == "e3nn":
+            self.edge_products = _EdgeTensorProduct(self.tensor_product)
+        else:  # the optional backend; its module builds on edge_paths below
+            from matsci.encoders._cuequivariance import CueEdgeTensorProduct
+
+            self.edge_products = CueEdgeTensorProduct(self.tensor_product)
 
     def forward(
         self,
@@ -352,6 +353,54 @@ class _Interaction(nn.Module):
             self.linear_out(summed * self.message_scale) + self.self_interaction(features)
         )
         return features + update if self.residual else update
+
+
+class EdgePath(NamedTuple):
+    """One path (instruction) of an edge tensor product, as both backends compute it."""
+
+    i_in: int
+    """The block of the first input (node features)."""
+    i_sh: int
+    """The block of the second input (spherical harmonics, one copy of each degree)."""
+    i_out: int
+    """The block of the output."""
+    ir_in: o3.Irrep
+    ir_sh: o3.Irrep
+    ir_out: o3.Irrep
+    mul: int
+    """U, the input block's multiplicity: the path's number of per-edge weights."""
+    block: Tensor
+    """``path_weight`` times e3nn's Clebsch-Gordan block, float64 [l_1 dim, l_2 dim, l_3 dim]."""
+
+
+def edge_paths(tp: o3.TensorProduct) -> list[EdgePath]:
+    """The paths of an edge tensor product ``tp``, in instruction (and weight) order.
+
+    Parameters
+    ----------
+    tp
+        The e3nn tensor product: every instruction ``"uvu"`` with per-edge weights.
+
+    Returns
+    -------
+    list[EdgePath]
+        One per instruction: its blocks, irreps, weight count ``U`` and coefficients.
+
+    Examples
+    --------
+    >>> tp = o3.TensorProduct("2x0e", "1x1o", "2x1o", [(0, 0, 0, "uvu", True)])
+    >>> [(path.ir_out, path.mul, tuple(path.block.shape)) for path in edge_paths(tp)]
+    [(1o, 2, (1, 3, 3))]
+    """
+    paths = []
+    for ins in tp.instructions:
+        assert ins.connection_mode == "uvu", ins
+        assert ins.has_weight, ins
+        (mul, ir_in), ir_sh = tp.irreps_in1[ins.i_in1], tp.irreps_in2[ins.i_in2].ir
+        ir_out = tp.irreps_out[ins.i_out].ir
+        block = ins.path_weight * o3.wigner_3j(ir_in.l, ir_sh.l, ir_out.l, dtype=torch.float64)
+        paths.append(EdgePath(ins.i_in1, ins.i_in2, ins.i_out, ir_in, ir_sh, ir_out, mul, block))
+    return paths
 
 
 class _EdgeTensorProduct(nn.Module):
@@ -379,31 +428,23 @@ class _EdgeTensorProduct(nn.Module):
         self.weight_sizes: list[int] = []
         # Per path: (input block, harmonic block, output block, U, l_1 dim, l_3 dim, coefficient).
         self.paths: list[tuple[int, int, int, int, int, int, float]] = []
-        for index, ins in enumerate(tp.instructions):
-            assert ins.connection_mode == "uvu", ins
-            assert ins.has_weight, ins
-            (mul, ir_1), ir_2, ir_3 = (
-                irreps_in[ins.i_in1],
-                irreps_sh[ins.i_in2].ir,
-                irreps_out[ins.i_out].ir,
-            )
-            # path_weight times e3nn's Clebsch-Gordan block: [l_1 dim, l_2 dim, l_3 dim].
-            block = ins.path_weight * o3.wigner_3j(ir_1.l, ir_2.l, ir_3.l, dtype=torch.float64)
+        for index, path in enumerate(edge_paths(tp)):
+            block, dim_1, dim_2, dim_3 = path.block, path.ir_in.dim, path.ir_sh.dim, path.ir_out.dim
             coefficient = 0.0
-            if ir_1.l == 0 or ir_2.l == 0:  # the block is a multiple of the identity
+            if path.ir_in.l == 0 or path.ir_sh.l == 0:  # the block is a multiple of the identity
                 coefficient = float(block.flatten()[0])
-                identity = torch.eye(ir_3.dim, dtype=torch.float64).reshape(block.shape)
-                assert torch.allclose(block, coefficient * identity), (ins, block)
+                identity = torch.eye(dim_3, dtype=torch.float64).reshape(block.shape)
+                assert torch.allclose(block, coefficient * identity), (path, block)
             # [l_2 dim, l_1 dim * l_3 dim]: the harmonics of an edge times it give the edge's
             # [l_1, l_3] map.
             self.register_buffer(
                 f"block_{index}",
-                block.permute(1, 0, 2).reshape(ir_2.dim, ir_1.dim * ir_3.dim).contiguous(),
+                block.permute(1, 0, 2).reshape(dim_2, dim_1 * dim_3).contiguous(),
                 persistent=False,
             )
-            self.weight_sizes.append(mul)
+            self.weight_sizes.append(path.mul)
             self.paths.append(
-                (ins.i_in1, ins.i_in2, ins.i_out, mul, ir_1.dim, ir_3.dim, coefficient)
+                (path.i_in, path.i_sh, path.i_out, path.mul, dim_1, dim_3, coefficient)
             )
         self.out_dims = [mul_ir.dim for mul_ir in irreps_out]
 
