@@ -26,7 +26,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import ase.io
 import numpy as np
@@ -66,45 +66,42 @@ TRAIN_STEPS = 8
 """Optimizer steps per model: the weights only need to be away from their initial values."""
 
 
-def train(encoder: str) -> ForceRegressionTask:
-    """A small energy/force/stress model trained for a few steps on the bundled EMT metals."""
-    torch.manual_seed(0)
-    data = AtomsDataModule(
-        bundled_dataset_path("emt"),
-        keys=["energy", "force", "stress"],
-        transform=PeriodicRadiusGraph(cutoff=CUTOFF),
-        batch_size=16,
-    )
-    data.setup("fit")
-    encoder_class, encoder_kwargs = ENCODERS[encoder]
-    task = ForceRegressionTask(
-        encoder_class=encoder_class,
-        encoder_kwargs=encoder_kwargs,
-        compute_stress=True,
-        lr=5e-3,
-        output_kwargs={"hidden_dim": 16},
-    )
-    task.fit_normalizers(data.train_dataloader())
-    quiet_trainer(max_steps=TRAIN_STEPS, limit_val_batches=0).fit(task, datamodule=data)
-    return task
+_TASKS: dict[type[ForceRegressionTask | GradFreeForceRegression], tuple[list[str], dict[str, Any]]]
+_TASKS = {
+    ForceRegressionTask: (["energy", "force", "stress"], {"compute_stress": True}),
+    GradFreeForceRegression: (["force"], {}),
+}
+"""The data keys and task arguments of each kind of model."""
 
 
-def train_direct(encoder: str) -> GradFreeForceRegression:
-    """A small direct-force model trained for a few steps on the bundled EMT metals."""
+_Task = TypeVar("_Task", ForceRegressionTask, GradFreeForceRegression)
+
+
+def train(encoder: str, task_class: type[_Task]) -> _Task:
+    """A small model trained for a few steps on the bundled EMT metals.
+
+    An energy/force/stress ``ForceRegressionTask`` (normalizers fitted first) or a direct-force
+    ``GradFreeForceRegression``.
+    """
     torch.manual_seed(0)
+    data_keys, task_kwargs = _TASKS[task_class]
     data = AtomsDataModule(
         bundled_dataset_path("emt"),
-        keys=["force"],
+        keys=data_keys,
         transform=PeriodicRadiusGraph(cutoff=CUTOFF),
         batch_size=16,
     )
     encoder_class, encoder_kwargs = ENCODERS[encoder]
-    task = GradFreeForceRegression(
+    task = task_class(
         encoder_class=encoder_class,
         encoder_kwargs=encoder_kwargs,
         lr=5e-3,
         output_kwargs={"hidden_dim": 16},
+        **task_kwargs,
     )
+    if isinstance(task, ForceRegressionTask):  # a direct-force task has no normalizer to fit
+        data.setup("fit")
+        task.fit_normalizers(data.train_dataloader())
     quiet_trainer(max_steps=TRAIN_STEPS, limit_val_batches=0).fit(task, datamodule=data)
     return task
 
@@ -173,7 +170,7 @@ def main(outdir: Path) -> None:
     atoms_list: list[Atoms] | None = None
     for encoder in ENCODERS:
         start = time.perf_counter()
-        task = train(encoder)
+        task = train(encoder, ForceRegressionTask)
         trained = time.perf_counter() - start
         elements = task.reference_energies.nonzero().flatten().tolist()
         if atoms_list is None:
@@ -185,7 +182,7 @@ def main(outdir: Path) -> None:
         print(f"{encoder}: trained {TRAIN_STEPS} steps and exported in "
               f"{time.perf_counter() - start:.1f} s (training {trained:.1f} s)")  # fmt: skip
         start = time.perf_counter()
-        direct = train_direct(encoder)
+        direct = train(encoder, GradFreeForceRegression)
         trained = time.perf_counter() - start
         models += export(direct, encoder, "direct-force", outdir, atoms_list)
         print(f"direct-force {encoder}: trained {TRAIN_STEPS} steps and exported in "

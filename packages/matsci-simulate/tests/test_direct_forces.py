@@ -5,22 +5,17 @@ import json
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 import torch
 from ase import Atoms
-from ase.build import bulk
 from ase.calculators.calculator import PropertyNotImplementedError
-from ase.neighborlist import neighbor_list
+from simulate_helpers import CUTOFF, export_structures, program_inputs
 from torch_geometric.data import Batch, Data
 
 from matsci.ase import ProgramCalculator
 from matsci.contract import keys
-from matsci.contract.testing import quiet_trainer
-from matsci.data import AtomsDataModule
-from matsci.data.examples import bundled_dataset_path
 from matsci.encoders import SchNetEncoder
 from matsci.simulate import export_metatomic, export_program  # imports metatomic after PyG
 from matsci.tasks.core import ScalarRegressionTask
@@ -31,23 +26,6 @@ from matsci.transforms import PeriodicRadiusGraph
 metatomic_ase = pytest.importorskip("metatomic_ase")
 metatomic_torch = pytest.importorskip("metatomic.torch")
 
-CUTOFF = 4.0
-"""Å, the neighbour graph and encoder cutoff of the trained models."""
-
-ENCODERS: dict[str, tuple[str, dict[str, Any]]] = {
-    "schnet": (
-        "matsci.encoders.SchNetEncoder",
-        {"hidden_channels": 16, "num_filters": 16, "num_interactions": 2, "num_gaussians": 16,
-         "cutoff": CUTOFF},
-    ),
-    "equivariant": (
-        "matsci.encoders.EquivariantEncoder",
-        {"num_channels": 8, "lmax": 1, "num_layers": 2, "cutoff": CUTOFF, "radial_hidden": 16},
-    ),
-}  # fmt: skip
-"""Small versions of both shipped encoders: the SchNet model's forces come from an
-EdgeVectorReadout, the equivariant one's from a 1o irreps head."""
-
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-9}
 """Relative to the largest force of the structure."""
@@ -57,42 +35,11 @@ FORMATS = ("metatomic", "torch-export")
 Predict = Callable[[Atoms], np.ndarray]
 
 
-def _train(encoder: str, path: Path) -> Path:
-    """A direct-force model trained for a few steps on the bundled EMT metals, saved."""
-    torch.manual_seed(0)
-    data = AtomsDataModule(
-        bundled_dataset_path("emt"),
-        keys=["force"],
-        transform=PeriodicRadiusGraph(cutoff=CUTOFF),
-        batch_size=16,
-    )
-    encoder_class, encoder_kwargs = ENCODERS[encoder]
-    task = GradFreeForceRegression(
-        encoder_class=encoder_class,
-        encoder_kwargs=encoder_kwargs,
-        lr=5e-3,
-        output_kwargs={"hidden_dim": 16},
-    )
-    trainer = quiet_trainer(max_steps=4, limit_val_batches=0)
-    trainer.fit(task, datamodule=data)
-    trainer.save_checkpoint(path)
-    return path
-
-
-@pytest.fixture(scope="module", params=list(ENCODERS))
-def direct_checkpoint(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Path:
-    """A briefly trained direct-force checkpoint, one per encoder."""
-    name: str = request.param
-    return _train(name, tmp_path_factory.mktemp(f"direct-{name}") / f"{name}.ckpt")
-
-
 @pytest.fixture(scope="module")
 def exported(
     direct_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> dict[tuple[str, str], Path]:
-    """Both formats in both dtypes of the checkpoint: ``{(format, dtype): path}``."""
+    """Both formats in both dtypes of ``direct_checkpoint``: ``{(format, dtype): path}``."""
     folder = tmp_path_factory.mktemp("exported")
     paths = {}
     for dtype_name, dtype in DTYPES.items():
@@ -106,22 +53,7 @@ def exported(
 
 
 def _structures() -> list[Atoms]:
-    """Sizes 16, 8, 5, 1, 1: a rattled Cu cell, a skewed Cu/Ag/Au alloy, a cluster (no pbc),
-    an Ag crystal of one atom (its neighbours are its own images), a lone Au atom (no edge)."""
-    copper = bulk("Cu", "fcc", a=3.6, cubic=True).repeat((2, 2, 1))
-    copper.rattle(0.1, seed=1)
-    alloy = bulk("Cu", "fcc", a=3.8).repeat((2, 2, 2))
-    alloy.numbers[1::3] = 79
-    alloy.numbers[2::3] = 47
-    alloy.set_cell(alloy.cell.array @ np.array([[1.0, 0.02, 0], [0, 0.98, 0.03], [0, 0, 1.01]]),
-                   scale_atoms=True)  # fmt: skip
-    alloy.rattle(0.1, seed=2)
-    cluster = Atoms("Cu3Au2", positions=[[0, 0, 0], [2.5, 0, 0], [0, 2.5, 0.1], [1.3, 1.3, 2.0],
-                                         [2.6, 2.6, 0.3]])  # fmt: skip
-    cluster.rattle(0.05, seed=3)
-    single = bulk("Ag", "fcc", a=4.0)
-    lone = Atoms("Au", positions=[[0.0, 0.0, 0.0]])
-    return [copper, alloy, cluster, single, lone]
+    return export_structures(amplitude=0.1)
 
 
 def _eager(checkpoint: Path, dtype: torch.dtype, structures: list[Atoms]) -> list[np.ndarray]:
@@ -149,15 +81,7 @@ def _program_predict(path: Path, dtype: torch.dtype) -> Predict:
     model = torch.export.load(path).module()
 
     def predict(atoms: Atoms) -> np.ndarray:
-        i, j, shifts = neighbor_list("ijS", atoms, CUTOFF)
-        cell = atoms.cell.array if atoms.cell.rank == 3 else np.zeros((3, 3))
-        (forces,) = model(
-            torch.tensor(atoms.positions, dtype=dtype),
-            torch.tensor(atoms.numbers, dtype=torch.int64),
-            torch.tensor(np.stack([i, j]), dtype=torch.int64),
-            torch.tensor(shifts @ atoms.cell.array, dtype=dtype),
-            torch.tensor(cell, dtype=dtype),
-        )
+        (forces,) = model(*program_inputs(atoms, dtype))
         return forces.detach().double().numpy()  # type: ignore[no-any-return]
 
     return predict

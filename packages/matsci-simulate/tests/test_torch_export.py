@@ -12,9 +12,7 @@ import numpy as np
 import pytest
 import torch
 from ase import Atoms
-from ase.build import bulk
-from ase.neighborlist import neighbor_list
-from torch import Tensor
+from simulate_helpers import CUTOFF, export_structures, program_inputs
 
 from matsci.ase import MatsciCalculator
 from matsci.contract import Embeddings
@@ -23,42 +21,11 @@ from matsci.encoders import SchNetEncoder
 from matsci.simulate import export_program
 from matsci.tasks.physics import ForceRegressionTask
 
-CUTOFF = 4.0
-"""Å, the cutoff of the conftest models (conftest.CUTOFF)."""
-
 TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-9}
 
 
 def _structures() -> list[Atoms]:
-    """Sizes 16, 8, 5, 1, 1: a rattled Cu cell, a skewed Cu/Ag/Au alloy, a cluster (no pbc),
-    an Ag crystal of one atom (its neighbours are its own images), a lone Au atom (no edge)."""
-    copper = bulk("Cu", "fcc", a=3.6, cubic=True).repeat((2, 2, 1))
-    copper.rattle(0.05, seed=1)
-    alloy = bulk("Cu", "fcc", a=3.8).repeat((2, 2, 2))
-    alloy.numbers[1::3] = 79
-    alloy.numbers[2::3] = 47
-    alloy.set_cell(alloy.cell.array @ np.array([[1.0, 0.02, 0], [0, 0.98, 0.03], [0, 0, 1.01]]),
-                   scale_atoms=True)  # fmt: skip
-    alloy.rattle(0.05, seed=2)
-    cluster = Atoms("Cu3Au2", positions=[[0, 0, 0], [2.5, 0, 0], [0, 2.5, 0.1], [1.3, 1.3, 2.0],
-                                         [2.6, 2.6, 0.3]])  # fmt: skip
-    cluster.rattle(0.05, seed=3)
-    single = bulk("Ag", "fcc", a=4.0)
-    lone = Atoms("Au", positions=[[0.0, 0.0, 0.0]])
-    return [copper, alloy, cluster, single, lone]
-
-
-def _inputs(atoms: Atoms, dtype: torch.dtype) -> tuple[Tensor, ...]:
-    """The program's inputs, from ASE's full neighbour list (as the docstring shows)."""
-    i, j, shifts = neighbor_list("ijS", atoms, CUTOFF)
-    cell = atoms.cell.array if atoms.cell.rank == 3 else np.zeros((3, 3))
-    return (
-        torch.tensor(atoms.positions, dtype=dtype),
-        torch.tensor(atoms.numbers, dtype=torch.int64),
-        torch.tensor(np.stack([i, j]), dtype=torch.int64),
-        torch.tensor(shifts @ atoms.cell.array, dtype=dtype),
-        torch.tensor(cell, dtype=dtype),
-    )
+    return export_structures(amplitude=0.05)
 
 
 def _expected(calculator: MatsciCalculator, atoms: Atoms) -> dict[str, np.ndarray]:
@@ -90,7 +57,7 @@ def test_matches_matsci_calculator(
     reference = MatsciCalculator.from_checkpoint(checkpoint, device="cpu", dtype=dtype)
     for atoms in _structures():  # 16, 8, 5, 1 and 1 atoms through one export
         with torch.inference_mode():  # the backward pass is part of the graph
-            energy, forces, stress = model(*_inputs(atoms, dtype))
+            energy, forces, stress = model(*program_inputs(atoms, dtype))
         assert (energy.dtype, forces.dtype, stress.dtype) == (dtype, dtype, dtype)
         assert (energy.shape, forces.shape, stress.shape) == ((), (len(atoms), 3), (3, 3))
         got = {"energy": energy.double().numpy(), "forces": forces.double().numpy(),
@@ -104,7 +71,7 @@ def test_runs_with_torch_alone(checkpoint: Path, tmp_path: Path) -> None:
     """A fresh process loads the file and predicts; it never imports matsci or PyG."""
     path = export_program(checkpoint, tmp_path / "model.pt2", dtype=torch.float64)
     atoms = _structures()[1]
-    torch.save(_inputs(atoms, torch.float64), tmp_path / "inputs.pt")
+    torch.save(program_inputs(atoms, torch.float64), tmp_path / "inputs.pt")
     script = textwrap.dedent(
         f"""
         import json, sys, time

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Sequence
-from typing import Any, Final
+from typing import Any
 
 import numpy as np
 import torch
@@ -15,13 +15,11 @@ from ase.stress import full_3x3_to_voigt_6_stress
 from torch_geometric.data import Batch, Data
 
 from matsci.ase._checkpoint import ForceTask, check_model_dtype, load_force_field, neighbour_graph
+from matsci.ase._program_calculator import _refuse_energy
 from matsci.contract import keys
 from matsci.tasks.physics import ForceRegressionTask, GradFreeForceRegression, KnownElements
 
 __all__ = ["MatsciCalculator"]
-
-_ENERGY_PROPERTIES: Final = ("energy", "free_energy", "stress")
-"""What a direct-force model cannot give: its forces are not the derivative of an energy."""
 
 
 class MatsciCalculator(Calculator):
@@ -343,7 +341,12 @@ class MatsciCalculator(Calculator):
         if properties is None:
             properties = ["energy"] if self.conservative else ["forces"]
         properties = list(properties)
-        self._refuse_energy(properties)
+        _refuse_energy(
+            properties,
+            conservative=self.conservative,
+            owner="MatsciCalculator",
+            reason=self._no_energy_reason(),
+        )
         super().calculate(atoms, properties, system_changes)  # type: ignore[no-untyped-call]
         structure: Atoms | None = self.atoms
         if structure is None:
@@ -378,22 +381,22 @@ class MatsciCalculator(Calculator):
             If the model cannot give it: the energy or stress of a direct-force model (the
             message says why), the stress of a model without one, or an unknown property.
         """
-        self._refuse_energy([name])
+        _refuse_energy(
+            [name],
+            conservative=self.conservative,
+            owner="MatsciCalculator",
+            reason=self._no_energy_reason(),
+        )
         return super().get_property(name, atoms, allow_calculation)  # type: ignore[no-untyped-call]
 
-    def _refuse_energy(self, properties: Sequence[str]) -> None:
-        """Raise ``PropertyNotImplementedError`` if a direct-force model is asked for energy."""
-        if self.conservative:
-            return
-        asked = [name for name in properties if name in _ENERGY_PROPERTIES]
-        if asked:
-            raise PropertyNotImplementedError(
-                f"MatsciCalculator: no {asked[0]}; the model is a {type(self.task).__name__}, "
-                "a direct-force model, which predicts forces with a head and has no energy "
-                "(its forces are not the gradient of one, so there is no energy or stress to "
-                "give and NVE dynamics with it does not conserve energy). Only 'forces' are "
-                "available; train a ForceRegressionTask for energy and stress"
-            )
+    def _no_energy_reason(self) -> str:
+        return (
+            f"the model is a {type(self.task).__name__}, a direct-force model, which predicts "
+            "forces with a head and has no energy (its forces are not the gradient of one, so "
+            "there is no energy or stress to give and NVE dynamics with it does not conserve "
+            "energy). Only 'forces' are available; train a ForceRegressionTask for energy and "
+            "stress"
+        )
 
     def _no_stress_reason(self, atoms: Atoms) -> str:
         if not (isinstance(self.task, ForceRegressionTask) and self.task.compute_stress):

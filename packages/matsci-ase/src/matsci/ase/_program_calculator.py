@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
 import numpy as np
@@ -18,6 +18,9 @@ from ase.stress import full_3x3_to_voigt_6_stress
 
 __all__ = ["ProgramCalculator"]
 
+_ENERGY_PROPERTIES: Final = ("energy", "free_energy", "stress")
+"""What a direct-force model cannot give: its forces are not the derivative of an energy."""
+
 _METADATA: Final = "matsci.json"
 """The record ``matsci.simulate.export_program`` stores beside the program."""
 
@@ -26,6 +29,47 @@ _ENERGY_OUTPUTS: Final = ("energy", "forces", "stress")
 
 _FORCE_OUTPUTS: Final = ("forces",)
 """The outputs of a direct-force model's program."""
+
+_OWNER: Final = "ProgramCalculator"
+_NO_ENERGY: Final = (
+    "the program is of a direct-force model (outputs ['forces']), whose forces are not the "
+    "gradient of an energy. Only 'forces' are available"
+)
+"""Why a direct-force program gives no energy or stress (see :func:`_refuse_energy`)."""
+
+
+def _refuse_energy(
+    properties: Iterable[str], *, conservative: bool, owner: str, reason: str
+) -> None:
+    """Refuse to give energy or stress of a direct-force model: the rule of both calculators.
+
+    A model that is not ``conservative`` (a direct-force model) gives ``forces`` only:
+    ``energy``, ``free_energy`` and ``stress`` are refused. :class:`ProgramCalculator` and
+    :class:`~matsci.ase.MatsciCalculator` both call this (from this module, which imports
+    neither Lightning nor PyTorch Geometric).
+
+    Parameters
+    ----------
+    properties
+        The properties asked for.
+    conservative
+        Whether the model has an energy whose negative gradient is the forces.
+    owner
+        The calculator, named first in the message.
+    reason
+        Why there is no energy: the end of the message.
+
+    Raises
+    ------
+    ase.calculators.calculator.PropertyNotImplementedError
+        ``"{owner}: no {property}; {reason}"`` for the first of ``energy``, ``free_energy``
+        and ``stress`` asked for, if the model is not ``conservative``.
+    """
+    if conservative:
+        return
+    asked = [name for name in properties if name in _ENERGY_PROPERTIES]
+    if asked:
+        raise PropertyNotImplementedError(f"{owner}: no {asked[0]}; {reason}")
 
 
 class ProgramCalculator(Calculator):
@@ -115,21 +159,9 @@ class ProgramCalculator(Calculator):
     def get_property(
         self, name: str, atoms: Atoms | None = None, allow_calculation: bool = True
     ) -> Any:
-        """One property of ``atoms`` (ASE's entry point); see :meth:`calculate`.
+        """One property of ``atoms``, as :meth:`~matsci.ase.MatsciCalculator.get_property`.
 
-        Parameters
-        ----------
-        name
-            ``"energy"``, ``"free_energy"``, ``"forces"`` or ``"stress"``.
-        atoms
-            The structure (the last one seen when ``None``).
-        allow_calculation
-            Whether to compute the property if it is not cached (else ``None`` is returned).
-
-        Returns
-        -------
-        Any
-            The property (a float or an array).
+        ASE's entry point (``atoms.get_forces()`` and friends); see :meth:`calculate`.
 
         Raises
         ------
@@ -137,18 +169,8 @@ class ProgramCalculator(Calculator):
             If the program cannot give it: the energy or stress of a direct-force program (the
             message says why), or an unknown property.
         """
-        self._refuse_energy([name])
+        _refuse_energy([name], conservative=self.conservative, owner=_OWNER, reason=_NO_ENERGY)
         return super().get_property(name, atoms, allow_calculation)  # type: ignore[no-untyped-call]
-
-    def _refuse_energy(self, properties: Sequence[str]) -> None:
-        """Raise ``PropertyNotImplementedError`` if a direct-force program is asked for energy."""
-        asked = [name for name in properties if name in ("energy", "free_energy", "stress")]
-        if asked and not self.conservative:
-            raise PropertyNotImplementedError(
-                f"ProgramCalculator: no {asked[0]}; the program is of a direct-force model "
-                "(outputs ['forces']), whose forces are not the gradient of an energy. Only "
-                "'forces' are available"
-            )
 
     def calculate(
         self,
@@ -185,7 +207,7 @@ class ProgramCalculator(Calculator):
                 f"{[chemical_symbols[z] for z in unknown]} the model was not trained on; known "
                 f"elements: {self.elements}"
             )
-        self._refuse_energy(properties)
+        _refuse_energy(properties, conservative=self.conservative, owner=_OWNER, reason=_NO_ENERGY)
         periodic = bool(atoms.pbc.all())
         if "stress" in properties and not periodic:
             raise PropertyNotImplementedError(

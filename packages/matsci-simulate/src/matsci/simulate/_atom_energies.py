@@ -25,12 +25,44 @@ ExportedTask = ForceRegressionTask | GradFreeForceRegression
 """What the exporters write: an energy model (energy, forces, stress) or direct forces."""
 
 
+def _edge_graph(vectors: Tensor, numbers: Tensor, edge_index: Tensor) -> Data:
+    """The encoder's input graph whose edge vectors are ``vectors`` (traced with its caller).
+
+    Zero positions, the identity cell and ``vectors`` as the edges' cell offsets: an encoder
+    that recomputes edge vectors as ``pos[j] - pos[i] + offsets @ cell`` gets exactly
+    ``vectors``, so gradients flow to them. Shared by :class:`AtomEnergies` and
+    :class:`~matsci.simulate._direct_forces.AtomForces`.
+
+    Parameters
+    ----------
+    vectors
+        Edge vectors [E, 3] (Å).
+    numbers
+        Atomic numbers [N].
+    edge_index
+        Edges [2, E].
+
+    Returns
+    -------
+    torch_geometric.data.Data
+        One structure of N atoms and E edges.
+    """
+    identity = torch.eye(3, dtype=vectors.dtype, device=vectors.device).unsqueeze(0)  # [1, 3, 3]
+    return Data(
+        pos=vectors.new_zeros(numbers.shape[0], 3),
+        atomic_numbers=numbers,
+        edge_index=edge_index,
+        cell=identity,
+        cell_offsets=vectors,
+        natoms=numbers.new_ones(1),
+    )
+
+
 class AtomEnergies(nn.Module):
     """Energy of every atom (eV) from edge vectors, through the task's own encoder and head.
 
-    The encoder recomputes edge vectors as ``pos[j] - pos[i] + offsets @ cell``; with zero
-    positions, the identity cell and the engine's distance vectors as offsets it gets exactly
-    those vectors, so gradients flow to them (and from them to positions and cell). The
+    The encoder sees the simulator's edge vectors exactly (see :func:`_edge_graph`), so
+    gradients flow to them (and from them to positions and cell). The
     module is traced by the exporters (the encoder reads a ``Data`` object, which TorchScript
     cannot script), and each checks its trace on graphs of other sizes.
     """
@@ -49,16 +81,7 @@ class AtomEnergies(nn.Module):
 
     def forward(self, vectors: Tensor, numbers: Tensor, edge_index: Tensor) -> Tensor:
         # vectors [E, 3], numbers [N], edge_index [2, E] -> energies [N]
-        identity = torch.eye(3, dtype=vectors.dtype, device=vectors.device).unsqueeze(0)
-        batch = Data(
-            pos=vectors.new_zeros(numbers.shape[0], 3),
-            atomic_numbers=numbers,
-            edge_index=edge_index,
-            cell=identity,
-            cell_offsets=vectors,
-            natoms=numbers.new_ones(1),
-        )
-        embeddings = self.encoder(batch)
+        embeddings = self.encoder(_edge_graph(vectors, numbers, edge_index))
         atom: Tensor = self.head(embeddings.point_embedding).squeeze(-1)  # [N]
         atom = self.energy_scale * atom + self.energy_shift
         return atom + self.reference_energies[numbers].to(atom.dtype)

@@ -8,12 +8,11 @@ a neighbour list given by a simulator as edge vectors.
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
-from torch_geometric.data import Data
 
 from matsci.contract import NUM_ELEMENTS, keys
 from matsci.heads import EdgeVectorReadout
+from matsci.simulate._atom_energies import _edge_graph
 from matsci.tasks.physics import GradFreeForceRegression
 
 __all__ = ["AtomForces", "direct_force_elements"]
@@ -23,12 +22,12 @@ class AtomForces(nn.Module):
     """Force on every atom (eV/Å) from edge vectors, through the task's encoder and head.
 
     The encoder sees the same graph as in :class:`~matsci.simulate._atom_energies.AtomEnergies`
-    (zero positions, the identity cell and the edge vectors as offsets, so it recomputes
-    exactly those vectors). The task's force head runs on the atom embeddings, with the edges
-    and their vectors for an :class:`~matsci.heads.EdgeVectorReadout` (invariant encoders),
-    and its output is brought to eV/Å by the task's force normalizer, as ``task.predict``
-    does. The module holds the encoder, head and normalizer, not the task (a
-    ``LightningModule``, which :func:`torch.jit.trace` cannot walk).
+    (built by ``_edge_graph``, so it recomputes exactly the edge vectors). The task's force
+    head runs on the atom embeddings, with the edges and their vectors for an
+    :class:`~matsci.heads.EdgeVectorReadout` (invariant encoders), and its output is brought
+    to eV/Å by the task's force normalizer, as ``task.predict`` does. The module holds the
+    encoder, head and normalizer, not the task (a ``LightningModule``, which
+    :func:`torch.jit.trace` cannot walk).
     """
 
     def __init__(self, task: GradFreeForceRegression) -> None:
@@ -43,16 +42,8 @@ class AtomForces(nn.Module):
 
     def forward(self, vectors: Tensor, numbers: Tensor, edge_index: Tensor) -> Tensor:
         # vectors [E, 3], numbers [N], edge_index [2, E] -> forces [N, 3]
-        identity = torch.eye(3, dtype=vectors.dtype, device=vectors.device).unsqueeze(0)
-        batch = Data(
-            pos=vectors.new_zeros(numbers.shape[0], 3),
-            atomic_numbers=numbers,
-            edge_index=edge_index,
-            cell=identity,
-            cell_offsets=vectors,
-            natoms=numbers.new_ones(1),
-        )
-        embedding = self.encoder(batch).point_embedding  # [N, D] (or irreps)
+        graph = _edge_graph(vectors, numbers, edge_index)
+        embedding = self.encoder(graph).point_embedding  # [N, D] (or irreps)
         if self.edge_readout:
             forces: Tensor = self.head(embedding, edge_index, vectors)  # [N, 3]
         else:

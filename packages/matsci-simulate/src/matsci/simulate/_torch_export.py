@@ -28,20 +28,24 @@ _METADATA_FILE = "matsci.json"
 """Name of the extra file in the program that describes the model (JSON)."""
 
 
-class _EnergyForcesStress(nn.Module):
-    r"""Energy, forces and stress of one structure from its full neighbour list.
+class _Outputs(nn.Module):
+    r"""What the program computes for one structure from its full neighbour list.
 
-    The forces and the virial come from one gradient, with respect to the edge vectors
+    From per-atom energies (:class:`AtomEnergies`): energy, forces and stress. The forces and
+    the virial come from one gradient, with respect to the edge vectors
     :math:`\mathbf{r}_{ij} = \mathbf{x}_j - \mathbf{x}_i + \mathbf{s}_{ij}`:
     :math:`\mathbf{F}_k = \sum_{i=k} \mathbf{g}_{ij} - \sum_{j=k} \mathbf{g}_{ij}` and
     :math:`\sigma = \operatorname{sym}(\sum_{ij} \mathbf{r}_{ij} \otimes \mathbf{g}_{ij}) / V`
     with :math:`\mathbf{g}_{ij} = \partial E / \partial \mathbf{r}_{ij}`, the same numbers
     as the strain derivative of :class:`~matsci.tasks.physics.ForceRegressionTask`.
+
+    From direct forces (:class:`AtomForces`): ``(forces,)``; the cell is not read.
     """
 
-    def __init__(self, atom_energies: AtomEnergies) -> None:
+    def __init__(self, model: AtomEnergies | AtomForces) -> None:
         super().__init__()
-        self.atom_energies = atom_energies
+        self.model = model
+        self.conservative = isinstance(model, AtomEnergies)
 
     def forward(
         self,
@@ -50,12 +54,14 @@ class _EnergyForcesStress(nn.Module):
         edge_index: Tensor,
         edge_shifts: Tensor,
         cell: Tensor,
-    ) -> tuple[Tensor, Tensor, Tensor]:
+    ) -> tuple[Tensor, ...]:
         source, target = edge_index[0], edge_index[1]
+        vectors = positions[target] - positions[source] + edge_shifts  # [E, 3]
+        if not self.conservative:
+            return (self.model(vectors, numbers, edge_index),)  # [N, 3]
         with torch.enable_grad():
-            vectors = positions[target] - positions[source] + edge_shifts  # [E, 3]
             vectors = vectors.detach().requires_grad_(True)
-            energy = self.atom_energies(vectors, numbers, edge_index).sum()  # []
+            energy = self.model(vectors, numbers, edge_index).sum()  # []
             (gradient,) = torch.autograd.grad(energy, [vectors])  # [E, 3]
         forces = torch.zeros_like(positions).index_add(0, source, gradient)
         forces = forces.index_add(0, target, -gradient)  # [N, 3]
@@ -64,25 +70,6 @@ class _EnergyForcesStress(nn.Module):
         stress = 0.5 * (virial + virial.transpose(0, 1)) / volume
         stress = torch.where(volume > 0, stress, torch.full_like(stress, float("nan")))
         return energy.detach(), forces, stress
-
-
-class _DirectForces(nn.Module):
-    """Direct forces of one structure from its full neighbour list (the cell is not read)."""
-
-    def __init__(self, atom_forces: AtomForces) -> None:
-        super().__init__()
-        self.atom_forces = atom_forces
-
-    def forward(
-        self,
-        positions: Tensor,
-        numbers: Tensor,
-        edge_index: Tensor,
-        edge_shifts: Tensor,
-        cell: Tensor,
-    ) -> tuple[Tensor]:
-        vectors = positions[edge_index[1]] - positions[edge_index[0]] + edge_shifts  # [E, 3]
-        return (self.atom_forces(vectors, numbers, edge_index),)  # [N, 3]
 
 
 class _Program(nn.Module):
@@ -128,7 +115,7 @@ def _example(
 
 
 def _export(
-    module: _EnergyForcesStress | _DirectForces,
+    module: _Outputs,
     encoder: str,
     numbers: list[int],
     cutoff: float,
@@ -337,8 +324,8 @@ def export_program(
     return target
 
 
-def _program_module(task: ExportedTask) -> _EnergyForcesStress | _DirectForces:
+def _program_module(task: ExportedTask) -> _Outputs:
     """What the program computes: energy and its derivatives, or the task's direct forces."""
     if isinstance(task, ForceRegressionTask):
-        return _EnergyForcesStress(AtomEnergies(task)).eval()
-    return _DirectForces(AtomForces(task)).eval()
+        return _Outputs(AtomEnergies(task)).eval()
+    return _Outputs(AtomForces(task)).eval()
