@@ -25,9 +25,16 @@ encoder as in ``examples/forces_equivariant.yaml``):
   learning rate), ``force`` (force loss weight; energy weighs 1), ``ema`` (decay of an
   :class:`~matsci.training.ExponentialMovingAverage` with warm-up; 0 for none), ``batch``
   (batch size), ``warmup`` (warm-up steps), ``final`` (last learning rate as a fraction of
-  the peak). ``before:key=value`` works the same way on ``before``.
+  the peak), ``schedule`` (``constant``, or ``task-default``: the task's own schedule,
+  ``FORCE_FIELD_SCHEDULE``). ``before:key=value`` works the same way on ``before``;
+- ``defaults``: what ``ForceRegressionTask`` gives a user who sets nothing but the encoder
+  and the head width: its default learning rate, loss weights and schedule, no weight
+  average. ``defaults:lr=0.001,force=1,schedule=constant`` is the task as it was before it
+  had these defaults. Schedules that end with the run need an end: run these with
+  ``--epochs N``, which trains every run for N epochs instead of a CPU budget.
 
 Each run is a separate process (``--jobs`` of them at a time), so each has its own CPU clock.
+The last column divides each force MAE by that of the first config of its encoder.
 
 Run ``uv run python benchmarks/time_to_accuracy.py`` (``--budget 300 --encoders
 schnet,equivariant --configs before,after``); ``--budget 10`` for a quick check.
@@ -36,6 +43,7 @@ schnet,equivariant --configs before,after``); ``--budget 10`` for a quick check.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import logging
 import math
@@ -53,7 +61,7 @@ from _common import machine_line, print_table, setup_threads
 from matsci.contract.testing import quiet_trainer
 from matsci.data import AtomsDataModule
 from matsci.data.examples import bundled_dataset_path
-from matsci.tasks.physics import ForceRegressionTask
+from matsci.tasks.physics import DEFAULT_LOSS_SCALING, ForceRegressionTask
 from matsci.training import ExponentialMovingAverage, FitNormalizers, baseline_metrics
 from matsci.transforms import PeriodicRadiusGraph
 
@@ -88,7 +96,9 @@ class Config:
     force: float  # force loss weight; energy and stress weigh 1
     batch: int
     ema: float  # ExponentialMovingAverage decay, 0 for none
-    schedule: str  # "epoch-cosine" (T_max epochs) or "budget-cosine" (warm-up, cosine to budget)
+    # "epoch-cosine" (T_max epochs), "budget-cosine" (warm-up, cosine to the budget),
+    # "constant" or "task-default" (the task's own when scheduler_kwargs is None)
+    schedule: str
     warmup: int = 0  # warm-up steps of "budget-cosine"
     final: float = 0.02  # last learning rate / peak of "budget-cosine"
     t_max: int = 8  # epochs of "epoch-cosine"
@@ -111,22 +121,35 @@ AFTER: dict[str, Config] = {
 }  # fmt: skip
 """The proposed defaults (updated from the search)."""
 
+DEFAULTS: dict[str, Config] = {
+    encoder: Config(
+        lr=inspect.signature(ForceRegressionTask).parameters["lr"].default,
+        force=DEFAULT_LOSS_SCALING["force"], batch=8, ema=0.0, schedule="task-default",
+    )
+    for encoder in ENCODERS
+}  # fmt: skip
+"""What the task gives without settings (its lr, loss weights and schedule)."""
+
 _OVERRIDES = {"lr": float, "force": float, "ema": float, "batch": int, "warmup": int,
-              "final": float}  # fmt: skip
+              "final": float, "schedule": str}  # fmt: skip
+_SCHEDULES = ("epoch-cosine", "budget-cosine", "constant", "task-default")
+_CONSTANT = {"class_path": "ConstantLR", "init_args": {"factor": 1.0}}
 
 
 def parse_config(spec: str, encoder: str) -> Config:
-    """``before``, ``after`` or either with ``:key=value,...`` overrides."""
+    """``before``, ``after``, ``defaults`` or one of them with ``:key=value,...`` overrides."""
     name, _, rest = spec.partition(":")
-    bases = {"before": BEFORE, "after": AFTER}
+    bases = {"before": BEFORE, "after": AFTER, "defaults": DEFAULTS}
     if name not in bases:
-        raise ValueError(f"--configs: {spec!r} does not start with 'before' or 'after'")
+        raise ValueError(f"--configs: {spec!r} does not start with one of {sorted(bases)}")
     config = bases[name][encoder]
     for item in filter(None, rest.split(",")):
         key, sep, value = item.partition("=")
         if not sep or key not in _OVERRIDES:
             raise ValueError(f"--configs {spec!r}: {item!r} is not one of {sorted(_OVERRIDES)}=x")
         config = replace(config, **{key: _OVERRIDES[key](value)})
+    if config.schedule not in _SCHEDULES:
+        raise ValueError(f"--configs {spec!r}: schedule must be one of {_SCHEDULES}")
     return config
 
 
@@ -166,18 +189,23 @@ class CpuBudget(pl.Callback):
             trainer.should_stop = True
 
 
-def run_one(encoder: str, spec: str, budget: float, threads: int) -> dict[str, Any]:
-    """Train one config for ``budget`` CPU seconds and test it; the numbers as a dict."""
+def run_one(
+    encoder: str, spec: str, budget: float, threads: int, epochs: int | None = None
+) -> dict[str, Any]:
+    """Train one config for ``budget`` CPU seconds (or ``epochs``) and test it; as a dict."""
     setup_threads(threads)
     config = parse_config(spec, encoder)
     pl.seed_everything(0, verbose=False)
     encoder_class, encoder_kwargs, head_width = ENCODERS[encoder]
-    scheduler = None
+    # The budget cosine sets the rate itself (CpuBudget), on top of a constant schedule.
+    scheduler: dict[str, Any] | None = _CONSTANT
     if config.schedule == "epoch-cosine":
         scheduler = {
             "class_path": "torch.optim.lr_scheduler.CosineAnnealingLR",
             "init_args": {"T_max": config.t_max, "eta_min": config.eta_min},
         }
+    elif config.schedule == "task-default":
+        scheduler = None
     task = ForceRegressionTask(
         compute_stress=True,
         encoder_class=encoder_class,
@@ -197,15 +225,16 @@ def run_one(encoder: str, spec: str, budget: float, threads: int) -> dict[str, A
         batch_size=config.batch,
     )
     clock = CpuBudget(
-        budget, warmup=config.warmup if config.schedule == "budget-cosine" else None,
+        math.inf if epochs else budget,
+        warmup=config.warmup if config.schedule == "budget-cosine" else None,
         final=config.final,
     )  # fmt: skip
     callbacks: list[pl.Callback] = [FitNormalizers(), clock]
     if config.ema > 0:
         callbacks.append(ExponentialMovingAverage(config.ema))
     trainer = quiet_trainer(
-        max_epochs=-1, limit_val_batches=0, num_sanity_val_steps=0, gradient_clip_val=10.0,
-        deterministic=None, callbacks=callbacks,
+        max_epochs=epochs or -1, limit_val_batches=0, num_sanity_val_steps=0,
+        gradient_clip_val=10.0, deterministic=None, callbacks=callbacks,
     )  # fmt: skip
     started = time.perf_counter()
     trainer.fit(task, datamodule=data)
@@ -231,7 +260,8 @@ def run_one(encoder: str, spec: str, budget: float, threads: int) -> dict[str, A
 def run_in_process(encoder: str, spec: str, args: argparse.Namespace) -> dict[str, Any] | None:
     """``run_one`` in a fresh Python process (its own CPU clock); its result, or ``None``."""
     command = [sys.executable, __file__, "--one", encoder, spec, "--budget", str(args.budget),
-               "--threads", str(args.threads)]  # fmt: skip
+               "--threads", str(args.threads)] + (
+                   ["--epochs", str(args.epochs)] if args.epochs else [])  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode != 0 or not lines:
@@ -255,12 +285,19 @@ def main() -> None:
                         "list allowed with ';')")  # fmt: skip
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time (processes)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="train every run for this many epochs instead of --budget",
+    )
     parser.add_argument("--one", nargs=2, metavar=("ENCODER", "CONFIG"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-        print(json.dumps(run_one(*args.one, budget=args.budget, threads=args.threads)))
+        print(json.dumps(run_one(*args.one, budget=args.budget, threads=args.threads,
+                                 epochs=args.epochs)))  # fmt: skip
         return
     encoders = args.encoders.split(",")
     unknown = set(encoders) - set(ENCODERS)
@@ -269,25 +306,31 @@ def main() -> None:
     specs = args.configs.split(";") if ";" in args.configs else args.configs.split(",")
     for encoder in encoders:
         for spec in specs:
-            parse_config(spec, encoder)  # fail before any run
+            config = parse_config(spec, encoder)  # fail before any run
+            if config.schedule == "task-default" and not args.epochs:
+                parser.error(f"--configs {spec!r}: the task's schedule ends with the run; "
+                             "give --epochs")  # fmt: skip
+            if config.schedule == "budget-cosine" and args.epochs:
+                parser.error(f"--configs {spec!r}: a budget cosine needs --budget, not --epochs")
     setup_threads(args.threads)
     print(machine_line())
-    print(f"budget {args.budget:.0f} CPU s of training per run, {args.threads} torch thread(s), "
+    length = f"{args.epochs} epochs" if args.epochs else f"budget {args.budget:.0f} CPU s"
+    print(f"{length} of training per run, {args.threads} torch thread(s), "
           f"{args.jobs} run(s) at a time")  # fmt: skip
     runs = [(encoder, spec) for encoder in encoders for spec in specs]
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         results = [r for r in pool.map(lambda run: run_in_process(*run, args), runs) if r]
-    before = {r["encoder"]: r["force_mae"] for r in results if r["config"] == "before"}
+    first: dict[str, float] = {}
     rows = []
     for r in results:
-        ratio = r["force_mae"] / before[r["encoder"]] if r["encoder"] in before else math.nan
+        ratio = r["force_mae"] / first.setdefault(r["encoder"], r["force_mae"])
         rows.append([r["encoder"], r["config"], r["steps"], r["epochs"], f"{r['cpu_s']:.0f}",
                      f"{r['force_mae']:.4f}", f"{1000 * r['energy_mae']:.1f}",
                      f"{r['zero_force_mae']:.4f}", f"{ratio:.2f}"])  # fmt: skip
     print_table(
-        f"Test force MAE after {args.budget:.0f} CPU s of training (bundled EMT, test split)",
+        f"Test force MAE after {length} of training (bundled EMT, test split)",
         ["encoder", "config", "steps", "epochs", "CPU s", "force MAE eV/Å",
-         "energy MAE meV/atom", "zero-force MAE", "/ before"],
+         "energy MAE meV/atom", "zero-force MAE", "/ first"],
         rows,
     )  # fmt: skip
 

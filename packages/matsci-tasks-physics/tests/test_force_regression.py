@@ -17,7 +17,12 @@ from matsci.contract.testing import (
     assert_translation_invariant,
     quiet_trainer,
 )
-from matsci.tasks.core import Embeddings, gradients_enabled, prepare_encoder_input
+from matsci.tasks.core import (
+    Embeddings,
+    WarmupCosineLR,
+    gradients_enabled,
+    prepare_encoder_input,
+)
 from matsci.tasks.physics import ForceRegressionTask
 from matsci.transforms import PeriodicRadiusGraph, edge_vectors
 
@@ -274,6 +279,11 @@ def test_checkpoint_round_trip(tmp_path: Path) -> None:
     run = quiet_trainer(max_steps=2, default_root_dir=tmp_path)
     single = [_float32(d) for d in structures]
     run.fit(task.float(), DataLoader(single, batch_size=4))
+    # No scheduler_kwargs: the force-field default, a per-step cosine over the run's 2 steps.
+    (schedule,) = run.lr_scheduler_configs
+    assert isinstance(schedule.scheduler, WarmupCosineLR)
+    assert (schedule.interval, schedule.scheduler.total_steps) == ("step", 2)
+    assert run.optimizers[0].param_groups[0]["lr"] == pytest.approx(task.lr * 0.02)
     path = tmp_path / "force.ckpt"
     run.save_checkpoint(path)
     reloaded = ForceRegressionTask.load_from_checkpoint(path).eval()
@@ -282,6 +292,16 @@ def test_checkpoint_round_trip(tmp_path: Path) -> None:
     for key, value in task.predict(batch).items():
         assert torch.equal(reloaded.predict(batch)[key], value), key
     assert torch.equal(reloaded.reference_energies, task.reference_energies)
+
+
+def test_defaults_weigh_forces_most_and_given_weights_replace_them() -> None:
+    task = ForceRegressionTask(encoder_class=SmoothEncoder, compute_stress=True)
+    assert task.lr == 3e-3
+    assert task.task_loss_scaling == {"energy": 1.0, "force": 10.0, "stress": 1.0}
+    given = ForceRegressionTask(encoder_class=SmoothEncoder, task_loss_scaling={"force": 2.0})
+    assert given.task_loss_scaling == {"energy": 1.0, "force": 2.0}
+    with pytest.raises(ValueError, match=r"task_loss_scaling\): keys \['stress'\]"):
+        ForceRegressionTask(encoder_class=SmoothEncoder, task_loss_scaling={"stress": 1.0})
 
 
 @pytest.mark.parametrize(

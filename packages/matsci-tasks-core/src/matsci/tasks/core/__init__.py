@@ -26,6 +26,7 @@ from matsci.tasks.core._inputs import (
     View,
     autograd_ready_copy,
     gradients_enabled,
+    num_structures,
     prepare_encoder_input,
     structure_index,
 )
@@ -47,6 +48,7 @@ from matsci.tasks.core._optim import (
     optimizer_path,
 )
 from matsci.tasks.core._scalar_regression import ScalarRegressionTask
+from matsci.tasks.core._schedules import WarmupCosineLR
 
 __version__ = _version("matsci-tasks-core")
 
@@ -73,6 +75,7 @@ __all__ = [
     "TaskEngine",
     "TaskEntry",
     "View",
+    "WarmupCosineLR",
     "__version__",
     "lattice_invariants",
     "reduced_basis",
@@ -83,6 +86,7 @@ __all__ = [
     "check_scheduler_kwargs",
     "gradients_enabled",
     "keys",
+    "num_structures",
     "optimizer_path",
     "prepare_encoder_input",
     "read_checkpoint",

@@ -101,8 +101,12 @@ class BaseTaskModule(TaskEngine):
     optimizer
         Optimizer class or name in ``torch.optim`` (default ``"AdamW"``).
     scheduler_kwargs
-        Learning-rate schedule, see :func:`check_scheduler_kwargs`; for example warm-up then
-        cosine with ``SequentialLR``, or ``ReduceLROnPlateau`` with ``monitor="val/loss"``.
+        Learning-rate schedule, see :func:`check_scheduler_kwargs`; for example
+        :class:`WarmupCosineLR` (warm-up, then a cosine that ends with the run), or
+        ``ReduceLROnPlateau`` with ``monitor="val/loss"``. ``None`` uses the task's
+        :attr:`~TaskEngine.default_scheduler_kwargs`: a constant rate, except for
+        :class:`~matsci.tasks.physics.ForceRegressionTask`
+        (:data:`~matsci.tasks.physics.FORCE_FIELD_SCHEDULE`).
     embedding_reduction_type
         How atom embeddings are pooled into a structure embedding when the encoder gives none:
         ``"mean"``, ``"sum"`` or ``"max"``.

@@ -10,8 +10,9 @@ losses, metrics, predictions) lives in the task and is called from here.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
-from typing import Any, Final, Self
+from typing import Any, ClassVar, Final, Self
 
 import lightning.pytorch as pl
 import torch
@@ -32,7 +33,7 @@ from matsci.tasks.core._epoch_means import (
 )
 from matsci.tasks.core._inputs import gradients_enabled, prepare_encoder_input
 from matsci.tasks.core._loss_weights import LossWeightSchedule, weighted_sum
-from matsci.tasks.core._optim import optimization_config
+from matsci.tasks.core._optim import check_scheduler_kwargs, optimization_config
 from matsci.tasks.core._stage_logging import (
     Stage,
     log_eval_losses,
@@ -73,6 +74,10 @@ class TaskEngine(pl.LightningModule):
     """
 
     encoder: nn.Module
+
+    default_scheduler_kwargs: ClassVar[Mapping[str, Any] | None] = None
+    """The learning-rate schedule used when ``scheduler_kwargs`` is ``None`` (a description as
+    :func:`~matsci.tasks.core.check_scheduler_kwargs` takes it; ``None``: a constant rate)."""
 
     def set_up_engine(
         self,
@@ -275,10 +280,31 @@ class TaskEngine(pl.LightningModule):
 
     @override
     def configure_optimizers(self) -> Any:
+        schedule = self.scheduler_config
+        if schedule is None and self.default_scheduler_kwargs is not None:
+            schedule = check_scheduler_kwargs(self.default_scheduler_kwargs)
         return optimization_config(
             self.optimizer_path, self.parameter_groups(), self.lr, self.weight_decay,
-            self.scheduler_config,
+            schedule, run_length=self._run_length,
         )  # fmt: skip
+
+    def _run_length(self) -> int:
+        """The optimizer steps of the whole fit, as the trainer estimates them."""
+        try:
+            steps = self.trainer.estimated_stepping_batches
+        except RuntimeError as error:  # not attached to a Trainer
+            raise ValueError(
+                f"{type(self).__name__}: the learning-rate schedule ends with the run, whose "
+                "length only a Trainer knows; call configure_optimizers under trainer.fit, or "
+                "give total_steps in scheduler_kwargs"
+            ) from error
+        if not math.isfinite(steps):
+            raise ValueError(
+                f"{type(self).__name__}: the learning-rate schedule ends with the run, but the "
+                "trainer has no end (max_epochs=-1 and no max_steps); set max_epochs or "
+                "max_steps, or give total_steps in scheduler_kwargs"
+            )
+        return int(steps)
 
     def parameter_groups(self) -> list[dict[str, Any]]:
         """The encoder's parameter group, then one per task with its ``lr`` and ``weight_decay``.

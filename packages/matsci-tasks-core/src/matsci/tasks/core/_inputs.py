@@ -191,6 +191,25 @@ def structure_index(batch: Batch) -> Tensor:
     return index  # type: ignore[no-any-return]
 
 
+def num_structures(batch: Batch) -> int:
+    """The number of structures in ``batch`` (1 for a single ``Data``).
+
+    Not converted with ``int()``: under a symbolic trace (``compile_training``) the count is a
+    ``SymInt``, and ``int()`` would fix the traced graph to one number of structures.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch_geometric.data import Batch, Data
+    >>> from matsci.tasks.core import num_structures
+    >>> one = Data(pos=torch.zeros(2, 3))
+    >>> num_structures(one), num_structures(Batch.from_data_list([one, one, one]))
+    (1, 3)
+    """
+    count: int = getattr(batch, "num_graphs", 1)
+    return count
+
+
 def prepare_encoder_input(
     batch: Batch, request: InputRequest, *, keep_graph: bool, shared: bool = True
 ) -> EncoderInput:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import inspect
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from torch.optim import Optimizer
@@ -152,8 +153,17 @@ def build_optimizer(
     )
 
 
-def build_scheduler(config: Mapping[str, Any], optimizer: Optimizer) -> dict[str, Any]:
+def build_scheduler(
+    config: Mapping[str, Any],
+    optimizer: Optimizer,
+    run_length: Callable[[], int] | None = None,
+) -> dict[str, Any]:
     """Instantiate a checked scheduler description as Lightning's ``lr_scheduler`` dict.
+
+    A scheduler that takes ``total_steps`` (:class:`~matsci.tasks.core.WarmupCosineLR`,
+    ``OneCycleLR``) and whose description gives neither ``total_steps`` nor ``epochs`` gets
+    ``run_length()``: the number of optimizer steps of the whole run, so its schedule ends
+    with the run; that needs ``"interval": "step"``.
 
     Parameters
     ----------
@@ -161,23 +171,30 @@ def build_scheduler(config: Mapping[str, Any], optimizer: Optimizer) -> dict[str
         Output of :func:`check_scheduler_kwargs`.
     optimizer
         The optimizer to schedule.
+    run_length
+        Returns the run's number of optimizer steps; called only when a scheduler needs it
+        (tasks pass the trainer's ``estimated_stepping_batches``).
 
     Returns
     -------
     dict
         ``{"scheduler": ..., "interval": ..., "frequency": ..., "monitor": ...}``.
+
+    Raises
+    ------
+    ValueError
+        If a scheduler needs the run's length and ``run_length`` is ``None`` or the scheduler
+        steps per epoch.
     """
     init_args = dict(config["init_args"])
+    if config["interval"] != "step":
+        run_length = None  # the run's length is counted in optimizer steps
     if "schedulers" in init_args:
         init_args["schedulers"] = [
-            build_from_config(inner, object, argument="scheduler_kwargs", optimizer=optimizer)
-            for inner in init_args["schedulers"]
+            _build_one(inner, optimizer, run_length) for inner in init_args["schedulers"]
         ]
-    scheduler = build_from_config(
-        {"class_path": config["class_path"], "init_args": init_args},
-        object,
-        argument="scheduler_kwargs",
-        optimizer=optimizer,
+    scheduler = _build_one(
+        {"class_path": config["class_path"], "init_args": init_args}, optimizer, run_length
     )
     out: dict[str, Any] = {
         "scheduler": scheduler,
@@ -189,12 +206,38 @@ def build_scheduler(config: Mapping[str, Any], optimizer: Optimizer) -> dict[str
     return out
 
 
+def _build_one(
+    config: Mapping[str, Any], optimizer: Optimizer, run_length: Callable[[], int] | None
+) -> Any:
+    """One scheduler, with ``total_steps`` filled from ``run_length`` where it is left out."""
+    init_args = dict(config["init_args"])
+    cls = import_class(config["class_path"], object, argument="scheduler_kwargs")
+    # OneCycleLR also accepts epochs and steps_per_epoch instead of total_steps.
+    if "total_steps" in inspect.signature(cls).parameters and not (
+        {"total_steps", "epochs"} & set(init_args)
+    ):
+        if run_length is None:
+            raise ValueError(
+                f"scheduler_kwargs: {config['class_path']} needs the run's total_steps; give "
+                "it in init_args, or step it per optimizer step ('interval': 'step') under a "
+                "Trainer, which knows the number of steps"
+            )
+        init_args["total_steps"] = run_length()
+    return build_from_config(
+        {"class_path": config["class_path"], "init_args": init_args},
+        object,
+        argument="scheduler_kwargs",
+        optimizer=optimizer,
+    )
+
+
 def optimization_config(
     path: str,
     param_groups: Iterable[dict[str, Any]],
     lr: float,
     weight_decay: float,
     scheduler_config: Mapping[str, Any] | None,
+    run_length: Callable[[], int] | None = None,
 ) -> Any:
     """What ``configure_optimizers`` returns: the optimizer, with its scheduler if one is set.
 
@@ -210,6 +253,9 @@ def optimization_config(
         Default weight decay.
     scheduler_config
         A checked scheduler configuration (see :func:`check_scheduler_kwargs`) or ``None``.
+    run_length
+        The run's number of optimizer steps, for schedulers that end with the run (see
+        :func:`build_scheduler`).
 
     Returns
     -------
@@ -219,4 +265,7 @@ def optimization_config(
     optimizer = build_optimizer(path, param_groups, lr, weight_decay)
     if scheduler_config is None:
         return optimizer
-    return {"optimizer": optimizer, "lr_scheduler": build_scheduler(scheduler_config, optimizer)}
+    return {
+        "optimizer": optimizer,
+        "lr_scheduler": build_scheduler(scheduler_config, optimizer, run_length),
+    }

@@ -15,7 +15,7 @@ from typing_extensions import override
 from matsci.contract import NUM_ELEMENTS, AttributeSpec, DatasetStatistics, ReferenceEnergyFit, keys
 from matsci.heads import OutputHead
 from matsci.tasks.core._base_task import BaseTaskModule
-from matsci.tasks.core._inputs import EncoderInput, structure_index
+from matsci.tasks.core._inputs import EncoderInput, num_structures, structure_index
 from matsci.tasks.core._normalizer import Normalizer
 
 DEFAULT_EXTENSIVE_KEYS: tuple[str, ...] = (keys.ENERGY,)
@@ -196,7 +196,7 @@ class ScalarRegressionTask(BaseTaskModule):
                 continue
             atoms = head(self._atom_embeddings(embeddings, key))  # [N, k]
             outputs[key] = scatter(
-                atoms, structure_index(batch), dim=0, dim_size=_num_structures(batch),
+                atoms, structure_index(batch), dim=0, dim_size=num_structures(batch),
                 reduce="mean",
             )  # fmt: skip
         return outputs
@@ -227,7 +227,7 @@ class ScalarRegressionTask(BaseTaskModule):
         self, key: str, batch: Batch, dtype: torch.dtype
     ) -> tuple[Tensor, Tensor]:
         """Each structure's summed element references ``[B, k]`` and atom count ``[B, 1]``."""
-        index, size = structure_index(batch), _num_structures(batch)
+        index, size = structure_index(batch), num_structures(batch)
         reference: Tensor = scatter(self._reference_values(key, batch, dtype), index, dim=0,
                                     dim_size=size, reduce="sum")  # fmt: skip
         natoms = torch.bincount(index, minlength=size).to(dtype).unsqueeze(-1)
@@ -373,12 +373,6 @@ class _ElementReferences(nn.Module):
 
     def extra_repr(self) -> str:
         return f"dim={self.values.shape[1]}"
-
-
-def _num_structures(batch: Batch) -> int:
-    # No int(): a traced training step (compile_training) keeps the count symbolic.
-    num: int = getattr(batch, "num_graphs", 1)
-    return num
 
 
 def _residual_scale(fit: ReferenceEnergyFit) -> float:

@@ -8,7 +8,12 @@ from matsci.contract import NUM_ELEMENTS, ReferenceEnergyFit
 
 # Re-exported: they moved to tasks-core, where multi-task training shares encoder passes.
 from matsci.tasks.core import autograd_ready_copy, gradients_enabled
-from matsci.tasks.physics._force_regression import FIXED, ForceRegressionTask
+from matsci.tasks.physics._force_regression import (
+    DEFAULT_LOSS_SCALING,
+    FIXED,
+    FORCE_FIELD_SCHEDULE,
+    ForceRegressionTask,
+)
 from matsci.tasks.physics._gradfree_force import (
     GradFreeForceRegression,
     GradFreeForceRegressionTask,
@@ -20,7 +25,9 @@ from matsci.tasks.physics._vector_head import NotEquivariantWarning, VectorHead
 __version__ = _version("matsci-tasks-physics")
 
 __all__ = [
+    "DEFAULT_LOSS_SCALING",
     "FIXED",
+    "FORCE_FIELD_SCHEDULE",
     "NUM_ELEMENTS",
     "ForceRegressionTask",
     "GradFreeForceRegression",
