@@ -113,7 +113,7 @@ def test_print_config_is_complete(
     assert printed["seed_everything"] == 0
     assert printed["model_checkpoint"]["monitor"] == "val/loss"
     assert printed["normalizers"]["enabled"] is True
-    assert printed["model"]["init_args"]["lr"] == pytest.approx(1e-3)
+    assert printed["model"]["init_args"]["lr"] == pytest.approx(3e-3)  # ForceRegressionTask's
     assert printed["data"]["init_args"]["transform"]["init_args"]["cutoff"] == 3.5
 
 
