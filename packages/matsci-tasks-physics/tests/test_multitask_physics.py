@@ -97,3 +97,22 @@ def test_energy_and_direct_force_train_together_with_inference_mode_validation()
     assert torch.isfinite(metrics["val/loss"])
     assert "val/bulk/ForceRegressionTask/force/mae" in metrics
     assert "val/bulk/GradFreeForceRegression/force/mae" in metrics
+
+
+def test_the_module_schedules_a_force_task_not_the_task_default() -> None:
+    force = ForceRegressionTask(encoder=SmoothEncoder(embedding_dim=8),
+                                output_kwargs={"hidden_dim": 8})  # fmt: skip
+    # Alone the task would decay its rate along FORCE_FIELD_SCHEDULE; in the module the
+    # module's schedule (none: constant) serves every group, the task's lr its heads' group.
+    module = MultiTaskLitModule(("bulk", force))
+    optimizer = module.configure_optimizers()
+    assert isinstance(optimizer, torch.optim.Optimizer)
+    groups = {group["name"]: group["lr"] for group in optimizer.param_groups}
+    assert groups == {"encoder": module.lr, "bulk/ForceRegressionTask": force.lr}
+    scheduled = MultiTaskLitModule(
+        ("bulk", force),
+        scheduler_kwargs={"class_path": "matsci.tasks.core.WarmupCosineLR", "interval": "step"},
+    )
+    run = quiet_trainer(max_epochs=2, limit_val_batches=0)
+    run.fit(scheduled, {"bulk": DataLoader(_structures(6), batch_size=3)})
+    assert run.lr_scheduler_configs[0].scheduler.total_steps == 4
