@@ -2,7 +2,11 @@
 
 The arms of ``benchmarks/denoise_pretraining.py`` for SchNet with one seed: pretrain on 256
 unlabelled EMT cells (noise 0.3 Å), fine-tune on 24 labelled ones, against training from
-scratch for the same 300 steps. Measured on a 2-core CPU: 56 against 81 meV/Å.
+scratch for the same 300 steps, both at a constant learning rate (the recipe this check was
+written for). Measured on a 2-core CPU: 56 against 81 meV/Å. With the force task's default
+per-step cosine both arms end near 69 meV/Å (benchmarks page): pretraining then gains nothing
+at this size, so this checks that pretrained weights carry what they learned into
+fine-tuning, not that pretraining beats every recipe.
 """
 
 import argparse
@@ -36,7 +40,7 @@ def test_pretrained_encoder_fine_tunes_to_lower_force_error_than_scratch() -> No
     bench = _benchmark()
     args = argparse.Namespace(
         noise=0.3, lr=3e-3, finetune_lr=3e-3, pretrain_steps=600, steps=300, batch=8,
-        direct=False,
+        direct=False, schedule="constant",
     )  # fmt: skip
     with tempfile.TemporaryDirectory() as folder:
         pool = bench.emt_structures(Path(folder), "pool", 256, seed=10)
